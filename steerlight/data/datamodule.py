@@ -1,0 +1,237 @@
+"""GSM8KDataModule: splits, prompts and left-padded, length-sorted batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from steerlight.answers import gold_answer
+from steerlight.data.prompts import PresetName, get_preset
+from steerlight.data.sources import Row, load_rows, read_exemplars
+from steerlight.data.splits import check_no_leakage, holdout_indices
+from steerlight.errors import SteerlightError
+
+log = logging.getLogger(__name__)
+
+
+class GSM8KDataModule(pl.LightningDataModule):
+    """Serves GSM8K (or a local / synthetic copy) as prompts for generation and scoring.
+
+    Val is a seeded hold-out of train, test is the test split, and few-shot exemplars come from
+    train minus val; a leakage guard refuses to run if a val or test question shows up on the
+    train side.
+    """
+
+    def __init__(
+        self,
+        source: str = "openai/gsm8k",
+        config_name: str = "main",
+        tokenizer: Any = None,
+        preset: PresetName = "gsm8k",
+        n_shots: int | None = None,
+        exemplars_file: str | None = None,
+        val_size: int = 500,
+        split_seed: int = 1234,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+        limit_test: int | None = None,
+        batch_size: int = 8,
+        max_prompt_tokens: int = 2048,
+        synthetic_train_size: int = 4000,
+        synthetic_test_size: int = 500,
+        num_workers: int = 0,
+    ) -> None:
+        """
+        Args:
+            source: Hugging Face dataset id, a local folder with train/test .jsonl or .parquet
+                files, or ``synthetic`` for generated GSM8K-format problems (offline).
+            config_name: Dataset configuration for a Hub source.
+            tokenizer: Tokenizer name or path (defaults to the model's), or a tokenizer object.
+            preset: Prompt format, named after the lm-evaluation-harness task.
+            n_shots: Number of few-shot exemplars; ``None`` uses the preset's default.
+            exemplars_file: JSON lines of fixed exemplars (``question``/``answer``) to use instead
+                of exemplars drawn from train.
+            val_size: Questions held out of train for validation (the search's split).
+            split_seed: Seed for the val hold-out, the exemplar draw and synthetic data.
+            limit_train: Use at most this many train rows (``None``: all).
+            limit_val: Use at most this many val questions (``None``: all of ``val_size``).
+            limit_test: Use at most this many test questions, from the start (``None``: all).
+            batch_size: Prompts per generation batch.
+            max_prompt_tokens: Longer prompts lose exemplars until they fit.
+            synthetic_train_size: Train rows generated when ``source`` is ``synthetic``.
+            synthetic_test_size: Test rows generated when ``source`` is ``synthetic``.
+            num_workers: DataLoader worker processes.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.tokenizer = tokenizer
+        self.preset = get_preset(preset)
+        self.n_shots = self.preset.default_shots if n_shots is None else n_shots
+        if self.n_shots < 0:
+            raise SteerlightError(f"n_shots={n_shots} is invalid: use 0 or more")
+        for name in ("val_size", "batch_size", "max_prompt_tokens"):
+            if getattr(self.hparams, name) < 1:
+                raise SteerlightError(f"{name}={getattr(self.hparams, name)} must be at least 1")
+        self.splits: dict[str, list[dict[str, Any]]] = {}
+        self.exemplars: list[Row] = []
+        self.fingerprint = ""
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        rows = load_rows(
+            hp.source,
+            config_name=hp.config_name,
+            synthetic_sizes=(hp.synthetic_train_size, hp.synthetic_test_size),
+            seed=hp.split_seed,
+        )
+        train_all, test = rows["train"], rows["test"]
+        val_idx = set(holdout_indices(len(train_all), hp.val_size, hp.split_seed))
+        val = [_example(f"train-{i}", r) for i, r in enumerate(train_all) if i in val_idx]
+        rest = [_example(f"train-{i}", r) for i, r in enumerate(train_all) if i not in val_idx]
+
+        if hp.exemplars_file:
+            self.exemplars = read_exemplars(hp.exemplars_file)[: self.n_shots]
+        else:
+            if self.n_shots > len(rest):
+                raise SteerlightError(f"n_shots={self.n_shots} exceeds the {len(rest)} train rows")
+            self.exemplars = random.Random(f"{hp.split_seed}-exemplars").sample(rest, self.n_shots)
+        test = [_example(f"test-{i}", r) for i, r in enumerate(test)]
+
+        splits = {
+            "train": rest[: hp.limit_train],
+            "val": val[: hp.limit_val],
+            "test": test[: hp.limit_test],
+        }
+        check_no_leakage(
+            {s: [ex["question"] for ex in splits[s]] for s in ("val", "test")},
+            {
+                "train": (ex["question"] for ex in rest),
+                "exemplars": (ex["question"] for ex in self.exemplars),
+            },
+        )
+        check_no_leakage(
+            {"test": [ex["question"] for ex in splits["test"]]},
+            {"val": [ex["question"] for ex in splits["val"]]},
+        )
+        self.fingerprint = _fingerprint(splits, self.exemplars, self.preset.name)
+        tok = self._load_tokenizer()
+        for name in ("val", "test", "train"):
+            self.splits[name] = self._with_prompts(splits[name], tok)
+        log.info(
+            "GSM8K data: train %d, val %d, test %d, %d-shot %s prompts",
+            *(len(self.splits[s]) for s in ("train", "val", "test")),
+            len(self.exemplars),
+            self.preset.name,
+        )
+
+    def _load_tokenizer(self):
+        tok = self.tokenizer
+        if tok is None:
+            raise SteerlightError("data.tokenizer is not set: pass a tokenizer name or path")
+        if isinstance(tok, str):
+            from transformers import AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(tok)
+            except (OSError, ValueError) as err:
+                raise SteerlightError(f"cannot load tokenizer {tok!r}: {err}") from None
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        self.tokenizer = tok
+        return tok
+
+    def _with_prompts(self, examples: list[dict[str, Any]], tok) -> list[dict[str, Any]]:
+        """Render and tokenize prompts, dropping exemplars where a prompt is too long."""
+        chat = self.preset.name == "chat"
+        limit = self.hparams.max_prompt_tokens
+        texts = [self.preset.render(ex["question"], self.exemplars, tok) for ex in examples]
+        ids = tok(texts, add_special_tokens=not chat)["input_ids"] if texts else []
+        out = []
+        for ex, prompt, prompt_ids in zip(examples, texts, ids, strict=True):
+            k = len(self.exemplars)
+            while len(prompt_ids) > limit and k > 0:
+                k -= 1
+                prompt = self.preset.render(ex["question"], self.exemplars[:k], tok)
+                prompt_ids = tok(prompt, add_special_tokens=not chat)["input_ids"]
+            if len(prompt_ids) > limit:
+                raise SteerlightError(
+                    f"{ex['id']}: the zero-shot prompt has {len(prompt_ids)} tokens, over "
+                    f"max_prompt_tokens={limit}; raise max_prompt_tokens"
+                )
+            out.append({**ex, "prompt": prompt, "input_ids": prompt_ids})
+        # Longest first: batches of similar length waste little padding, and OOM shows up early.
+        return sorted(out, key=lambda ex: -len(ex["input_ids"]))
+
+    # -- loaders ----------------------------------------------------------------------------
+
+    def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Left-pad a list of examples into one batch."""
+        padded = self.tokenizer.pad(
+            {"input_ids": [ex["input_ids"] for ex in examples]},
+            padding=True,
+            return_tensors="pt",
+        )
+        return {
+            "ids": [ex["id"] for ex in examples],
+            "questions": [ex["question"] for ex in examples],
+            "answers": [ex["answer"] for ex in examples],
+            "golds": [ex["gold"] for ex in examples],
+            "prompts": [ex["prompt"] for ex in examples],
+            "input_ids": padded["input_ids"],
+            "attention_mask": padded["attention_mask"],
+        }
+
+    def _loader(self, split: str) -> DataLoader:
+        if not self.splits:
+            self.setup()
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=False,
+            collate_fn=self.collate,
+            num_workers=self.hparams.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+def _example(id_: str, row: Row) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "question": row["question"],
+        "answer": row["answer"],
+        "gold": gold_answer(row["answer"]),
+    }
+
+
+def _fingerprint(splits: dict[str, list[dict]], exemplars: list[Row], preset: str) -> str:
+    """A short hash of exactly which rows and prompts this data module serves."""
+    h = hashlib.sha256(preset.encode())
+    for name in ("train", "val", "test"):
+        h.update(json.dumps([(ex["question"], ex["answer"]) for ex in splits[name]]).encode())
+    h.update(json.dumps([(ex["question"], ex["answer"]) for ex in exemplars]).encode())
+    return h.hexdigest()[:16]
+
+
+__all__ = ["GSM8KDataModule"]
