@@ -16,6 +16,7 @@ from steerlight.data.prompts import PresetName, get_preset
 from steerlight.data.sources import Row, load_rows, read_exemplars
 from steerlight.data.splits import check_no_leakage, holdout_indices
 from steerlight.errors import SteerlightError
+from steerlight.model.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -135,21 +136,14 @@ class GSM8KDataModule(pl.LightningDataModule):
         )
 
     def _load_tokenizer(self):
-        tok = self.tokenizer
-        if tok is None:
+        if self.tokenizer is None:
             raise SteerlightError("data.tokenizer is not set: pass a tokenizer name or path")
-        if isinstance(tok, str):
-            from transformers import AutoTokenizer
-
-            try:
-                tok = AutoTokenizer.from_pretrained(tok)
-            except (OSError, ValueError) as err:
-                raise SteerlightError(f"cannot load tokenizer {tok!r}: {err}") from None
-        tok.padding_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        self.tokenizer = tok
-        return tok
+        if isinstance(self.tokenizer, str):
+            self.tokenizer = load_tokenizer(self.tokenizer)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        return self.tokenizer
 
     def _with_prompts(self, examples: list[dict[str, Any]], tok) -> list[dict[str, Any]]:
         """Render and tokenize prompts, dropping exemplars where a prompt is too long."""

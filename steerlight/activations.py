@@ -1,0 +1,118 @@
+"""All-layer activations in one forward pass, and their fingerprinted safetensors cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from steerlight.model.layers import decoder_layers
+
+log = logging.getLogger(__name__)
+
+ReadPosition = Literal["last", "mean"]
+
+
+@torch.no_grad()
+def read_activations(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, read_mask: Tensor
+) -> Tensor:
+    """Every decoder layer's output, reduced over the positions in `read_mask`: (B, L, H) fp32.
+
+    Read where steering writes: at the output of each decoder block (the last entry of
+    `output_hidden_states` is after the final norm in most models, so it is not used).
+    The reduction is a masked mean; pass a one-hot `read_mask` to read a single position.
+    """
+    layers = decoder_layers(model)
+    weights = read_mask.float() / read_mask.sum(1, keepdim=True).clamp(min=1)
+    out: list[Tensor | None] = [None] * len(layers)
+
+    def make_hook(i: int) -> Callable:
+        def hook(_module, _args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            out[i] = torch.einsum("bth,bt->bh", hidden.float(), weights.to(hidden.device))
+
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack(out, dim=1)  # type: ignore[arg-type]
+
+
+def read_mask_for(attention_mask: Tensor, start: Tensor, how: ReadPosition) -> Tensor:
+    """Positions to read in a left-padded batch: the solution span from column `start` (B,) on.
+
+    `last` keeps only the final token of each row; `mean` keeps every solution token.
+    """
+    cols = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    mask = (cols[None, :] >= start[:, None]) & attention_mask.bool()
+    if how == "last":
+        mask = torch.zeros_like(mask)
+        mask[:, -1] = True  # left padding: every row ends at the last column
+    return mask
+
+
+class ActivationCache:
+    """Safetensors files keyed by everything that determines the activations.
+
+    A file whose stored key or tensors do not match, or that cannot be read, is rebuilt
+    with a warning. Writes go to a temp file that is renamed into place, so a killed run
+    never leaves a half-written file behind.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, key: Mapping[str, object]) -> Path:
+        digest = hashlib.sha256(_canonical(key).encode()).hexdigest()[:24]
+        return self.directory / f"activations-{digest}.safetensors"
+
+    def load(self, key: Mapping[str, object]) -> dict[str, Tensor] | None:
+        from safetensors import safe_open
+
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("key") != _canonical(key):
+                    raise ValueError("its key does not match")
+                return {name: f.get_tensor(name) for name in f.keys()}
+        except Exception as err:  # corrupt or foreign file: never trusted, always rebuilt
+            warnings.warn(
+                f"activation cache {path} is unusable ({err}); rebuilding it", stacklevel=2
+            )
+            return None
+
+    def save(self, key: Mapping[str, object], tensors: Mapping[str, Tensor]) -> Path:
+        from safetensors.torch import save_file
+
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+            save_file(tensors, tmp, metadata={"key": _canonical(key)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+
+def _canonical(key: Mapping[str, object]) -> str:
+    return json.dumps(key, sort_keys=True, default=str)

@@ -1,0 +1,82 @@
+"""Load a frozen causal LM and its tokenizer, and fingerprint its weights."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import torch
+from torch import nn
+
+from steerlight.errors import SteerlightError
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the embedded default's name `tiny` to its cached folder (building it on first use)."""
+    if name_or_path == "tiny":
+        from steerlight.tiny import tiny_model_path
+
+        return str(tiny_model_path())
+    return name_or_path
+
+
+def load_model(
+    name_or_path: str,
+    revision: str | None = None,
+    dtype: DType = "float32",
+    trust_remote_code: bool = False,
+) -> nn.Module:
+    """An `AutoModelForCausalLM`, frozen: eval mode and no gradients."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            revision=revision,
+            dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        hint = ""
+        if "trust_remote_code" in str(err) and not trust_remote_code:
+            hint = " (this model needs custom code: set trust_remote_code: true if you trust it)"
+        raise SteerlightError(f"cannot load model {name_or_path!r}{hint}: {err}") from None
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code=False):
+    """The model's tokenizer, set up for left-padded batched generation."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            resolve_model_path(name_or_path),
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        raise SteerlightError(f"cannot load tokenizer {name_or_path!r}: {err}") from None
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+@torch.no_grad()
+def weights_fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str:
+    """A short hash of every parameter's name, shape and an evenly strided sample of its values.
+
+    Cheap even for billion-parameter models, yet any retrained or fine-tuned variant differs.
+    """
+    h = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // samples_per_tensor)
+        sample = flat[::step][:samples_per_tensor].to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
