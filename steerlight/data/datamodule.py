@@ -82,6 +82,7 @@ class GSM8KDataModule(pl.LightningDataModule):
         self.splits: dict[str, list[dict[str, Any]]] = {}
         self.exemplars: list[Row] = []
         self.fingerprint = ""
+        self.fingerprints: dict[str, str] = {}
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -124,7 +125,13 @@ class GSM8KDataModule(pl.LightningDataModule):
             {"test": [ex["question"] for ex in splits["test"]]},
             {"val": [ex["question"] for ex in splits["val"]]},
         )
-        self.fingerprint = _fingerprint(splits, self.exemplars, self.preset.name)
+        self.fingerprints = {
+            name: _fingerprint(rows, self.exemplars, self.preset.name)
+            for name, rows in splits.items()
+        }
+        self.fingerprint = _fingerprint(
+            [ex for rows in splits.values() for ex in rows], self.exemplars, self.preset.name
+        )
         tok = self._load_tokenizer()
         for name in ("val", "test", "train"):
             self.splits[name] = self._with_prompts(splits[name], tok)
@@ -219,13 +226,7 @@ def _example(id_: str, row: Row) -> dict[str, Any]:
     }
 
 
-def _fingerprint(splits: dict[str, list[dict]], exemplars: list[Row], preset: str) -> str:
-    """A short hash of exactly which rows and prompts this data module serves."""
-    h = hashlib.sha256(preset.encode())
-    for name in ("train", "val", "test"):
-        h.update(json.dumps([(ex["question"], ex["answer"]) for ex in splits[name]]).encode())
-    h.update(json.dumps([(ex["question"], ex["answer"]) for ex in exemplars]).encode())
-    return h.hexdigest()[:16]
-
-
-__all__ = ["GSM8KDataModule"]
+def _fingerprint(rows: list[dict], exemplars: list[Row], preset: str) -> str:
+    """A short hash of exactly which rows, exemplars and prompt format are served."""
+    content = [preset, [(r["question"], r["answer"]) for r in (*exemplars, *rows)]]
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]

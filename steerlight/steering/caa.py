@@ -49,16 +49,17 @@ def mean_difference(acts: Tensor, labels: Tensor) -> Tensor:
     return acts[labels].mean(0) - acts[~labels].mean(0)
 
 
-def scale_vectors(vectors: Tensor, how: Normalization, acts: Tensor | None = None) -> Tensor:
+def scale_vectors(vectors: Tensor, how: Normalization, act_norm: Tensor | None = None) -> Tensor:
     """`none`: as fitted; `unit`: unit norm; `mean_norm`: unit norm times the mean activation norm.
 
-    With `mean_norm`, alpha reads as a fraction of a typical residual-stream norm at that layer.
+    `vectors` is (..., H) and `act_norm` (...) the mean activation norm at the same layers; with
+    `mean_norm`, alpha reads as a fraction of a typical residual-stream norm at that layer.
     """
     if how == "none":
         return vectors
     unit = vectors / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     if how == "unit":
         return unit
-    if acts is None:
-        raise ValueError("mean_norm scaling needs the activations")
-    return unit * acts.norm(dim=-1).mean(0)[:, None]
+    if act_norm is None:
+        raise ValueError("mean_norm scaling needs the mean activation norm")
+    return unit * act_norm[..., None]

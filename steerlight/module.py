@@ -1,0 +1,400 @@
+"""SteeredLM: a frozen causal LM, steering vectors fitted on train, scored on val and test."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from steerlight.activations import ActivationCache, ReadPosition, read_activations, read_mask_for
+from steerlight.answers import extract
+from steerlight.data.prompts import PresetName, get_preset
+from steerlight.errors import SteerlightError
+from steerlight.metrics import ExactMatch
+from steerlight.model.generation import GenerationSettings, generate
+from steerlight.model.hooks import Positions, steer
+from steerlight.model.layers import resolve_layer
+from steerlight.model.loading import DType, load_model, load_tokenizer, weights_fingerprint
+from steerlight.steering.caa import Normalization, corrupt_solution, mean_difference, scale_vectors
+from steerlight.steering.probes import fit_probes
+
+log = logging.getLogger(__name__)
+
+Method = Literal["none", "caa"]
+Pairs = Literal["corrupted", "on_policy"]
+STAGES = ("val", "test")
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return (
+        Path(os.environ.get("STEERLIGHT_HOME", "~/.cache/steerlight")).expanduser() / "activations"
+    )
+
+
+class SteeredLM(pl.LightningModule):
+    """A frozen causal LM with a steering vector added to its residual stream.
+
+    `fit` makes one pass over train-split contrastive pairs, fits a CAA vector and a probe per
+    layer, then validates; `validate` and `test` generate answers and score exact match.
+    Checkpoints hold only the steering state and the model's identity, never its weights.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "tiny",
+        revision: str | None = None,
+        dtype: DType = "float32",
+        trust_remote_code: bool = False,
+        preset: PresetName = "gsm8k",
+        method: Method = "caa",
+        layer: int | Literal["auto"] = "auto",
+        alpha: float = 0.0,
+        positions: Positions = "prompt_end+generated",
+        normalization: Normalization = "mean_norm",
+        pairs: Pairs = "corrupted",
+        read_position: ReadPosition = "mean",
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        log_samples: int = 8,
+    ) -> None:
+        """
+        Args:
+            model_name_or_path: Hugging Face model id or local folder; ``tiny`` is the embedded
+                default that steerlight trains and caches itself.
+            revision: Model revision (branch, tag or commit) for a Hub model.
+            dtype: Weights dtype; ``bfloat16`` on a GPU, ``float32`` on a CPU.
+            trust_remote_code: Allow model code from the Hub (off unless you trust the model).
+            preset: Prompt preset (linked from ``data.preset``): sets stop strings and answer form.
+            method: ``caa`` adds ``alpha * v`` after ``layer``; ``none`` is the unsteered model.
+            layer: Decoder layer to steer (negative counts from the end), or ``auto`` for the
+                layer whose probe separates good from bad solutions best.
+            alpha: Steering strength; 0 reproduces the unsteered model exactly.
+            positions: Token positions steered: ``generated``, ``prompt_end+generated`` or
+                ``all`` non-pad tokens.
+            normalization: ``none`` (raw mean difference), ``unit`` (unit norm) or ``mean_norm``
+                (unit norm times the layer's mean activation norm).
+            pairs: ``corrupted``: gold solution vs. the same with consistently altered numbers;
+                ``on_policy``: the model's own train generations, labelled by correctness.
+            read_position: Where activations are read: ``mean`` over solution tokens or ``last``.
+            max_new_tokens: Generation length limit.
+            do_sample: Sample instead of greedy decoding (greedy is deterministic).
+            temperature: Sampling temperature.
+            top_p: Nucleus sampling threshold.
+            seed: Seed for corrupted solutions, probe splits and sampling.
+            cache_dir: Activation cache folder (default ``$STEERLIGHT_HOME/activations``).
+            log_samples: Sample generations per stage written to TensorBoard.
+        """
+        super().__init__()
+        if not math.isfinite(alpha):
+            raise SteerlightError(f"alpha={alpha} is not a finite number")
+        if layer != "auto" and not isinstance(layer, int):
+            raise SteerlightError(f"layer={layer!r} is invalid: use an integer or 'auto'")
+        self.save_hyperparameters()
+        self.preset = get_preset(preset)
+        self.settings = GenerationSettings(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
+        self.metrics = torch.nn.ModuleDict(
+            {f"{s}_{m}": ExactMatch() for s in STAGES for m in ("strict", "flexible")}
+        )
+        self.model: torch.nn.Module | None = None
+        self.tokenizer = None
+        self.fingerprint = ""
+        # Steering state (what a checkpoint holds), filled by fit or a checkpoint.
+        self.steering: dict[str, Tensor] = {}
+        self._acts: list[Tensor] = []
+        self._labels: list[Tensor] = []
+        self._cached: dict[str, Tensor] | None = None
+        self.samples: dict[str, list[dict[str, Any]]] = {s: [] for s in STAGES}
+        self.strict_loading = False  # checkpoints leave out the frozen base weights
+        self.automatic_optimization = False
+
+    # -- model --------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.model = load_model(hp.model_name_or_path, hp.revision, hp.dtype, hp.trust_remote_code)
+        self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.revision, hp.trust_remote_code)
+        self.fingerprint = weights_fingerprint(self.model)
+        if hp.layer != "auto":
+            try:
+                resolve_layer(self.model, hp.layer)
+            except ValueError as err:
+                raise SteerlightError(str(err)) from None
+
+    def configure_optimizers(self) -> None:
+        return None  # nothing is trained: the base model is frozen, vectors are closed-form
+
+    @property
+    def layer(self) -> int:
+        """The steered layer: fixed by the config, or chosen by the probes for `auto`."""
+        if self.hparams.layer != "auto":
+            return resolve_layer(self.model, self.hparams.layer)
+        if "probe_auc" not in self.steering:
+            raise SteerlightError("layer 'auto' needs probes: run fit first or load a checkpoint")
+        return int(self.steering["probe_auc"].argmax())
+
+    @property
+    def steers(self) -> bool:
+        return self.hparams.method != "none" and self.hparams.alpha != 0
+
+    def steering_vector(self) -> Tensor:
+        if "vectors" not in self.steering:
+            raise SteerlightError(
+                "no steering vectors: run `fit` first, or `validate`/`test` with --ckpt_path"
+            )
+        layer = self.layer
+        return scale_vectors(
+            self.steering["vectors"][layer],
+            self.hparams.normalization,
+            self.steering["act_norm"][layer],
+        )
+
+    # -- fit: one pass over train contrastive data ---------------------------------------------
+
+    def _cache_key(self) -> dict[str, Any]:
+        hp, dm = self.hparams, self.trainer.datamodule
+        key = {
+            "model": hp.model_name_or_path,
+            "revision": hp.revision,
+            "weights": self.fingerprint,
+            "dtype": hp.dtype,
+            "data": getattr(dm, "fingerprints", {}).get("train"),
+            "preset": hp.preset,
+            "pairs": hp.pairs,
+            "read_position": hp.read_position,
+            "seed": hp.seed,
+            "batches": self.trainer.num_training_batches,
+            "batch_size": getattr(dm, "hparams", {}).get("batch_size"),
+        }
+        if hp.pairs == "on_policy":
+            key["generation"] = vars(self.settings)
+        return key
+
+    def _cache(self) -> ActivationCache:
+        return ActivationCache(self.hparams.cache_dir or default_cache_dir())
+
+    def on_train_epoch_start(self) -> None:
+        self._acts, self._labels = [], []
+        self._cached = self._cache().load(self._cache_key())
+        if self._cached is not None:
+            log.info("activation cache hit: %d examples", len(self._cached["labels"]))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if self._cached is not None:
+            return  # (ending the epoch early with -1 would also skip validation)
+        texts, labels, prompt_lens = self._contrastive_texts(batch)
+        chat = self.preset.name == "chat"
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=not chat)
+        enc = enc.to(self.device)
+        mask = enc["attention_mask"]
+        start = mask.shape[1] - mask.sum(1) + torch.tensor(prompt_lens, device=self.device)
+        start = start.clamp(max=mask.shape[1] - 1)
+        read = read_mask_for(mask, start, self.hparams.read_position)
+        self._acts.append(read_activations(self.model, enc["input_ids"], mask, read).cpu())
+        self._labels.append(torch.tensor(labels))
+
+    def _contrastive_texts(self, batch: dict[str, Any]) -> tuple[list[str], list[bool], list[int]]:
+        """Prompt + solution texts with labels (True = good) and prompt lengths in tokens."""
+        prompt_lens = batch["attention_mask"].sum(1).tolist()
+        prompts, answers = batch["prompts"], batch["answers"]
+        if self.hparams.pairs == "on_policy":
+            gen = generate(
+                self.model,
+                self.tokenizer,
+                batch["input_ids"],
+                batch["attention_mask"],
+                self.settings,
+                stop_strings=self.preset.stop,
+            )
+            good = [
+                self._correct(t, g, "strict")
+                for t, g in zip(gen.texts, batch["golds"], strict=True)
+            ]
+            return [p + t for p, t in zip(prompts, gen.texts, strict=True)], good, prompt_lens
+        texts, labels, lens = [], [], []
+        for ex_id, prompt, answer, n in zip(
+            batch["ids"], prompts, answers, prompt_lens, strict=True
+        ):
+            bad = corrupt_solution(answer, random.Random(f"{self.hparams.seed}:{ex_id}"))
+            texts += [
+                prompt + self.preset.continuation(answer),
+                prompt + self.preset.continuation(bad),
+            ]
+            labels += [True, False]
+            lens += [n, n]
+        return texts, labels, lens
+
+    def on_train_epoch_end(self) -> None:
+        self._finish_fit()
+
+    def _finish_fit(self) -> None:
+        """Turn the collected activations into vectors and probes (once per fit)."""
+        if self._cached is not None:
+            acts, labels = self._cached["acts"], self._cached["labels"].bool()
+        elif self._acts:
+            acts, labels = torch.cat(self._acts), torch.cat(self._labels)
+            self._cache().save(self._cache_key(), {"acts": acts, "labels": labels.to(torch.uint8)})
+        else:
+            return
+        self._acts, self._labels, self._cached = [], [], None
+        if labels.all() or not labels.any():
+            raise SteerlightError(
+                f"the {len(labels)} train examples are all {'good' if labels.all() else 'bad'}: "
+                "CAA needs both (with pairs=on_policy, use more train rows or another model)"
+            )
+        groups = torch.arange(len(labels)) // 2 if self.hparams.pairs == "corrupted" else None
+        probes = fit_probes(acts, labels, groups=groups, seed=self.hparams.seed)
+        self.steering = {
+            "vectors": mean_difference(acts, labels),
+            "act_norm": acts.norm(dim=-1).mean(0),
+            "probe_auc": probes.auc,
+            "probe_weight": probes.weight,
+            "probe_bias": probes.bias,
+        }
+        for i, value in enumerate(probes.auc.tolist()):
+            self.log(f"probe_auc/layer_{i:02d}", value)
+        log.info("fitted CAA vectors on %d examples; probe-best layer %d", len(labels), self.layer)
+
+    # -- validation and test -------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        self._finish_fit()  # in `fit`, Lightning validates before on_train_epoch_end
+        self.samples["val"] = []
+
+    def on_test_epoch_start(self) -> None:
+        self.samples["test"] = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def generate_batch(self, batch: dict[str, Any], alpha: float | Tensor | None = None):
+        """Generate completions for a batch, steered with the module's settings."""
+        alpha = self.hparams.alpha if alpha is None else alpha
+        active = self.hparams.method != "none" and (torch.as_tensor(alpha).ne(0).any().item())
+        ctx = (
+            steer(
+                self.model,
+                self.layer,
+                self.steering_vector(),
+                alpha,
+                positions=self.hparams.positions,
+                prompt_len=batch["input_ids"].shape[1],
+            )
+            if active
+            else nullcontext()
+        )
+        with ctx:
+            return generate(
+                self.model,
+                self.tokenizer,
+                batch["input_ids"],
+                batch["attention_mask"],
+                self.settings,
+                stop_strings=self.preset.stop,
+            )
+
+    def _correct(self, text: str, gold: str, mode: str) -> bool:
+        from steerlight.answers import is_correct
+
+        return is_correct(extract(text, mode, self.preset.answer_form), gold)
+
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+        gen = self.generate_batch(batch)
+        form, n = self.preset.answer_form, len(gen.texts)
+        for mode in ("strict", "flexible"):
+            metric = self.metrics[f"{stage}_{mode}"]
+            metric.update([extract(t, mode, form) for t in gen.texts], batch["golds"])
+            self.log(f"{stage}/acc_{mode}", metric, on_epoch=True, batch_size=n)
+        room = self.hparams.log_samples - len(self.samples[stage])
+        for q, t, g in list(zip(batch["questions"], gen.texts, batch["golds"], strict=True))[:room]:
+            pred = extract(t, "strict", form)
+            self.samples[stage].append(
+                {
+                    "question": q,
+                    "completion": t,
+                    "extracted": pred,
+                    "gold": g,
+                    "correct": self._correct(t, g, "strict"),
+                }
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def _epoch_end(self, stage: str) -> None:
+        # `<stage>/acc` is the number checkpoints and the search monitor (strict match).
+        self.log(f"{stage}/acc", self.metrics[f"{stage}_strict"].compute())
+        self._log_samples(stage)
+
+    def _log_samples(self, stage: str) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        rows = self.samples[stage]
+        if not rows or not isinstance(self.logger, TensorBoardLogger):
+            return
+
+        def cell(s: object) -> str:
+            return str(s).replace("|", "\\|").replace("\n", "<br>")
+
+        table = ["| question | completion | extracted | gold | correct |", "|---|---|---|---|---|"]
+        table += [
+            "| "
+            + " | ".join(
+                cell(r[k]) for k in ("question", "completion", "extracted", "gold", "correct")
+            )
+            + " |"
+            for r in rows
+        ]
+        self.logger.experiment.add_text(f"{stage}/samples", "\n".join(table), self.global_step)
+
+    # -- checkpoints: steering state and model identity, never the base weights ---------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {}
+        checkpoint["steering"] = {k: v.cpu() for k, v in self.steering.items()}
+        checkpoint["base_model"] = {
+            "name_or_path": self.hparams.model_name_or_path,
+            "revision": self.hparams.revision,
+            "weights_fingerprint": self.fingerprint,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "steering" not in checkpoint or "base_model" not in checkpoint:
+            raise SteerlightError(
+                "this checkpoint was not written by steerlight (no steering state)"
+            )
+        self.configure_model()
+        saved = checkpoint["base_model"]
+        if saved["weights_fingerprint"] != self.fingerprint:
+            raise SteerlightError(
+                f"checkpoint was fitted on {saved['name_or_path']!r} (weights "
+                f"{saved['weights_fingerprint']}), but the loaded model "
+                f"{self.hparams.model_name_or_path!r} has weights {self.fingerprint}"
+            )
+        self.steering = dict(checkpoint["steering"])

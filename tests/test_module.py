@@ -1,0 +1,219 @@
+"""SteeredLM end to end on a tiny random Llama: fit, checkpoints, CAA by hand, the CLI."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from steerlight.checkpoint import SteeringCheckpoint
+from steerlight.data.datamodule import GSM8KDataModule
+from steerlight.errors import SteerlightError
+from steerlight.module import SteeredLM
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def model_dir(tiny_random_root: Path, arch: str, dest: Path) -> Path:
+    """A folder holding both a tiny random model and its tokenizer, like a Hub model id."""
+    shutil.copytree(tiny_random_root / arch, dest)
+    for f in (tiny_random_root / "tokenizer").iterdir():
+        shutil.copy(f, dest / f.name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_random_root, tmp_path_factory) -> Path:
+    return model_dir(tiny_random_root, "llama", tmp_path_factory.mktemp("m") / "llama")
+
+
+def datamodule(path: Path, **kw) -> GSM8KDataModule:
+    args = dict(
+        source="synthetic",
+        tokenizer=str(path),
+        synthetic_train_size=80,
+        synthetic_test_size=12,
+        val_size=8,
+        n_shots=0,
+        batch_size=4,
+        limit_train=12,
+    )
+    return GSM8KDataModule(**{**args, **kw})
+
+
+def steered(path: Path, tmp_path: Path, **kw) -> SteeredLM:
+    args = dict(model_name_or_path=str(path), layer=1, alpha=3.0, max_new_tokens=6)
+    return SteeredLM(**{**args, "cache_dir": str(tmp_path / "cache"), **kw})
+
+
+def trainer(tmp_path: Path, **kw) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[SteeringCheckpoint()],
+        **kw,
+    )
+
+
+def completions(module: SteeredLM, stage: str = "val") -> list[str]:
+    return [s["completion"] for s in module.samples[stage]]
+
+
+def test_fit_checkpoint_roundtrip(llama, tmp_path):
+    module = steered(llama, tmp_path)
+    fit = trainer(tmp_path)
+    fit.fit(module, datamodule(llama))
+    config = module.model.config
+    n_layers, hidden = config.num_hidden_layers, config.hidden_size
+    assert module.steering["vectors"].shape == (n_layers, hidden)
+    assert {f"probe_auc/layer_{i:02d}" for i in range(n_layers)} <= set(fit.callback_metrics)
+    ckpt = Path(fit.checkpoint_callback.best_model_path)
+    assert ckpt.is_file()
+    assert ckpt.stat().st_size < 50_000, "a checkpoint must not hold the base weights"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["state_dict"] == {}
+    assert saved["base_model"]["weights_fingerprint"] == module.fingerprint
+
+    again = steered(llama, tmp_path)
+    result = trainer(tmp_path, logger=False).validate(again, datamodule(llama), ckpt_path=ckpt)
+    assert result[0]["val/acc"] == fit.callback_metrics["val/acc"].item()
+    assert completions(again) == completions(module)
+    assert torch.equal(again.steering["vectors"], module.steering["vectors"])
+
+
+def test_checkpoint_from_another_model_is_refused(llama, tiny_random_root, tmp_path):
+    module = steered(llama, tmp_path)
+    fit = trainer(tmp_path)
+    fit.fit(module, datamodule(llama))
+    other = model_dir(tiny_random_root, "llama", tmp_path / "other")
+    from tiny_models import build_tiny_model
+
+    build_tiny_model("llama", other, seed=1)  # same architecture, other weights
+    with pytest.raises(SteerlightError, match="checkpoint was fitted on"):
+        trainer(tmp_path, logger=False).validate(
+            steered(other, tmp_path),
+            datamodule(other),
+            ckpt_path=fit.checkpoint_callback.best_model_path,
+        )
+
+
+def test_alpha_zero_is_the_unsteered_model(llama, tmp_path):
+    dm = datamodule(llama)
+    runs = {}
+    for name, kw in {
+        "none": {"method": "none"},
+        "zero": {"alpha": 0.0},
+        "on": {"alpha": 8.0},
+    }.items():
+        module = steered(llama, tmp_path, log_samples=100, **kw)
+        trainer(tmp_path, logger=False).fit(module, dm)
+        runs[name] = completions(module)
+    assert runs["zero"] == runs["none"]
+    assert runs["on"] != runs["none"]
+
+
+def test_caa_vector_equals_hand_computed_mean_difference(llama, tmp_path):
+    import random
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from steerlight.steering.caa import corrupt_solution
+
+    dm = datamodule(llama, limit_train=5)
+    module = steered(llama, tmp_path, read_position="mean")
+    trainer(tmp_path, logger=False).fit(module, dm)
+
+    model = AutoModelForCausalLM.from_pretrained(llama).eval()
+    tok = AutoTokenizer.from_pretrained(llama)
+    preset = dm.preset
+    diffs = []
+    for ex in dm.splits["train"]:
+        bad = corrupt_solution(ex["answer"], random.Random(f"0:{ex['id']}"))
+        reads = []
+        for answer in (ex["answer"], bad):
+            ids = tok(ex["prompt"] + preset.continuation(answer), return_tensors="pt")
+            with torch.no_grad():
+                hs = model(**ids, output_hidden_states=True).hidden_states
+            start = len(ex["input_ids"])
+            reads.append(torch.stack([h[0, start:].mean(0) for h in hs[1:]]))
+        diffs.append(reads[0] - reads[1])
+    expected = torch.stack(diffs).mean(0)
+    # every layer but the last, whose hidden_states entry has the final norm applied
+    torch.testing.assert_close(module.steering["vectors"][:-1], expected[:-1], atol=1e-4, rtol=1e-3)
+
+
+def test_layer_out_of_range_names_the_valid_range(llama, tmp_path):
+    module = steered(llama, tmp_path, layer=7)
+    with pytest.raises(SteerlightError, match=r"layer 7 is out of range .* use 0..1"):
+        trainer(tmp_path, logger=False).validate(module, datamodule(llama))
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf")])
+def test_non_finite_alpha(alpha):
+    with pytest.raises(SteerlightError, match="not a finite number"):
+        SteeredLM(alpha=alpha)
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+def write_config(path: Path, model: Path, tmp_path: Path) -> Path:
+    path.write_text(
+        f"""
+trainer:
+  accelerator: cpu
+  default_root_dir: {tmp_path}
+  enable_progress_bar: false
+  logger:
+    class_path: lightning.pytorch.loggers.TensorBoardLogger
+    init_args: {{save_dir: {tmp_path}/logs, name: cli, default_hp_metric: false}}
+model:
+  model_name_or_path: {model}
+  layer: 1
+  alpha: 2.0
+  max_new_tokens: 5
+  cache_dir: {tmp_path}/cache
+data:
+  source: synthetic
+  synthetic_train_size: 60
+  synthetic_test_size: 6
+  val_size: 6
+  n_shots: 0
+  limit_train: 8
+  batch_size: 3
+"""
+    )
+    return path
+
+
+def test_cli_fit_validate_test(llama, tmp_path):
+    from steerlight.cli import cli_main
+
+    config = write_config(tmp_path / "c.yaml", llama, tmp_path)
+    fit = cli_main(["fit", "--config", str(config)])
+    ckpt = fit.trainer.checkpoint_callback.best_model_path
+    assert Path(ckpt).is_file()
+    assert (Path(fit.trainer.log_dir) / "config.yaml").is_file(), "the run's config is saved"
+    val = cli_main(["validate", "--config", str(config), "--ckpt_path", ckpt])
+    assert val.trainer.callback_metrics["val/acc"] == fit.trainer.callback_metrics["val/acc"]
+    test = cli_main(["test", "--config", str(config), "--ckpt_path", ckpt])
+    assert "test/acc_strict" in test.trainer.callback_metrics
+    assert len(test.model.samples["test"]) == 6
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_parses(config, capsys):
+    from steerlight.cli import cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "model_name_or_path" in printed and "source" in printed
