@@ -122,6 +122,8 @@ class SteeredLM(pl.LightningModule):
         self._acts: list[Tensor] = []
         self._labels: list[Tensor] = []
         self._cached: dict[str, Tensor] | None = None
+        self._collect = False
+        self._fitted_key: dict[str, Any] | None = None
         self.samples: dict[str, list[dict[str, Any]]] = {s: [] for s in STAGES}
         self.strict_loading = False  # checkpoints leave out the frozen base weights
         self.automatic_optimization = False
@@ -194,13 +196,23 @@ class SteeredLM(pl.LightningModule):
         return ActivationCache(self.hparams.cache_dir or default_cache_dir())
 
     def on_train_epoch_start(self) -> None:
+        """Decide what this epoch computes: nothing if the steering state is known already."""
+        key = self._cache_key()
+        if self._fitted_key == key:
+            self._collect = False  # later epochs of a multi-round fit
+            return
+        cache = self._cache()
+        state = cache.load({**key, "kind": "steering"})
+        if state is not None:
+            self._set_steering(state, key)
+            self._collect = False
+            return
+        self._cached = cache.load(key)
+        self._collect = self._cached is None
         self._acts, self._labels = [], []
-        self._cached = self._cache().load(self._cache_key())
-        if self._cached is not None:
-            log.info("activation cache hit: %d examples", len(self._cached["labels"]))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if self._cached is not None:
+        if not self._collect:
             return  # (ending the epoch early with -1 would also skip validation)
         texts, labels, prompt_lens = self._contrastive_texts(batch)
         chat = self.preset.name == "chat"
@@ -248,14 +260,18 @@ class SteeredLM(pl.LightningModule):
         self._finish_fit()
 
     def _finish_fit(self) -> None:
-        """Turn the collected activations into vectors and probes (once per fit)."""
+        """Turn the collected (or cached) activations into vectors and probes, once per fit."""
+        if self.trainer.state.fn != "fit":
+            return
+        key = self._cache_key()
+        if self._fitted_key == key:
+            return
+        cache = self._cache()
         if self._cached is not None:
             acts, labels = self._cached["acts"], self._cached["labels"].bool()
-        elif self._acts:
-            acts, labels = torch.cat(self._acts), torch.cat(self._labels)
-            self._cache().save(self._cache_key(), {"acts": acts, "labels": labels.to(torch.uint8)})
         else:
-            return
+            acts, labels = torch.cat(self._acts), torch.cat(self._labels)
+            cache.save(key, {"acts": acts, "labels": labels.to(torch.uint8)})
         self._acts, self._labels, self._cached = [], [], None
         if labels.all() or not labels.any():
             raise SteerlightError(
@@ -264,16 +280,21 @@ class SteeredLM(pl.LightningModule):
             )
         groups = torch.arange(len(labels)) // 2 if self.hparams.pairs == "corrupted" else None
         probes = fit_probes(acts, labels, groups=groups, seed=self.hparams.seed)
-        self.steering = {
+        state = {
             "vectors": mean_difference(acts, labels),
             "act_norm": acts.norm(dim=-1).mean(0),
             "probe_auc": probes.auc,
             "probe_weight": probes.weight,
             "probe_bias": probes.bias,
         }
-        for i, value in enumerate(probes.auc.tolist()):
-            self.log(f"probe_auc/layer_{i:02d}", value)
+        cache.save({**key, "kind": "steering"}, state)
+        self._set_steering(state, key)
         log.info("fitted CAA vectors on %d examples; probe-best layer %d", len(labels), self.layer)
+
+    def _set_steering(self, state: dict[str, Tensor], key: dict[str, Any]) -> None:
+        self.steering, self._fitted_key = dict(state), key
+        for i, value in enumerate(state["probe_auc"].tolist()):
+            self.log(f"probe_auc/layer_{i:02d}", value)
 
     # -- validation and test -------------------------------------------------------------------
 
@@ -323,11 +344,10 @@ class SteeredLM(pl.LightningModule):
 
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
         gen = self.generate_batch(batch)
-        form, n = self.preset.answer_form, len(gen.texts)
+        form = self.preset.answer_form
         for mode in ("strict", "flexible"):
-            metric = self.metrics[f"{stage}_{mode}"]
-            metric.update([extract(t, mode, form) for t in gen.texts], batch["golds"])
-            self.log(f"{stage}/acc_{mode}", metric, on_epoch=True, batch_size=n)
+            preds = [extract(t, mode, form) for t in gen.texts]
+            self.metrics[f"{stage}_{mode}"].update(preds, batch["golds"])
         room = self.hparams.log_samples - len(self.samples[stage])
         for q, t, g in list(zip(batch["questions"], gen.texts, batch["golds"], strict=True))[:room]:
             pred = extract(t, "strict", form)
@@ -341,6 +361,23 @@ class SteeredLM(pl.LightningModule):
                 }
             )
 
+    # Accuracy accumulates over a whole run: in a `fit` with several epochs, each epoch
+    # validates one shard of val, so `val/acc` after epoch r is the accuracy on r+1 shards -
+    # the intermediate value the search's pruner sees.
+    def on_fit_start(self) -> None:
+        self._reset("val")
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn != "fit":
+            self._reset("val")
+
+    def on_test_start(self) -> None:
+        self._reset("test")
+
+    def _reset(self, stage: str) -> None:
+        for mode in ("strict", "flexible"):
+            self.metrics[f"{stage}_{mode}"].reset()
+
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
 
@@ -348,8 +385,12 @@ class SteeredLM(pl.LightningModule):
         self._epoch_end("test")
 
     def _epoch_end(self, stage: str) -> None:
-        # `<stage>/acc` is the number checkpoints and the search monitor (strict match).
-        self.log(f"{stage}/acc", self.metrics[f"{stage}_strict"].compute())
+        values = {m: self.metrics[f"{stage}_{m}"].compute() for m in ("strict", "flexible")}
+        for mode, value in values.items():
+            self.log(f"{stage}/acc_{mode}", value)
+        # `<stage>/acc` is what checkpoints and the search monitor: strict match.
+        self.log(f"{stage}/acc", values["strict"])
+        self.log(f"{stage}/questions", self.metrics[f"{stage}_strict"].total.float())
         self._log_samples(stage)
 
     def _log_samples(self, stage: str) -> None:

@@ -20,3 +20,49 @@ def gsm8k_dir() -> Path:
             "set STEERLIGHT_GSM8K_DIR to the folder holding them"
         )
     return path
+
+
+# ---- tiny random Hugging Face models (tests/tiny_models.py) -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_random_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with `tokenizer/` and one tiny random model per architecture, built once."""
+    from tiny_models import build_all
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    root = tmp_path_factory.mktemp("tiny_random")
+    build_all(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_random_paths(tiny_random_root: Path) -> dict[str, Path]:
+    """Architecture name -> folder loadable with `AutoModelForCausalLM.from_pretrained`."""
+    from tiny_models import ARCHS
+
+    return {arch: tiny_random_root / arch for arch in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def tiny_random_tokenizer(tiny_random_root: Path):
+    """The byte-level BPE tokenizer (left padding, <pad>/<s>/</s> = 0/1/2) the tiny models use."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_random_root / "tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Run a module's tiny-model tests on one intra-op thread, restored afterwards.
+
+    Tiny models gain nothing from intra-op threads, and on a shared 2-core machine
+    oversubscribed threads made these tests about 4x slower.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

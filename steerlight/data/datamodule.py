@@ -47,6 +47,7 @@ class GSM8KDataModule(pl.LightningDataModule):
         synthetic_train_size: int = 4000,
         synthetic_test_size: int = 500,
         num_workers: int = 0,
+        val_shards: int = 1,
     ) -> None:
         """
         Args:
@@ -68,6 +69,9 @@ class GSM8KDataModule(pl.LightningDataModule):
             synthetic_train_size: Train rows generated when ``source`` is ``synthetic``.
             synthetic_test_size: Test rows generated when ``source`` is ``synthetic``.
             num_workers: DataLoader worker processes.
+            val_shards: Split val into this many fixed shards and serve one per `fit` epoch
+                (with ``trainer.reload_dataloaders_every_n_epochs: 1``): the search's pruning
+                rounds. ``validate`` always serves all of val.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -76,7 +80,7 @@ class GSM8KDataModule(pl.LightningDataModule):
         self.n_shots = self.preset.default_shots if n_shots is None else n_shots
         if self.n_shots < 0:
             raise SteerlightError(f"n_shots={n_shots} is invalid: use 0 or more")
-        for name in ("val_size", "batch_size", "max_prompt_tokens"):
+        for name in ("val_size", "batch_size", "max_prompt_tokens", "val_shards"):
             if getattr(self.hparams, name) < 1:
                 raise SteerlightError(f"{name}={getattr(self.hparams, name)} must be at least 1")
         self.splits: dict[str, list[dict[str, Any]]] = {}
@@ -193,11 +197,11 @@ class GSM8KDataModule(pl.LightningDataModule):
             "attention_mask": padded["attention_mask"],
         }
 
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split: str, rows: list[dict[str, Any]] | None = None) -> DataLoader:
         if not self.splits:
             self.setup()
         return DataLoader(
-            self.splits[split],
+            self.splits[split] if rows is None else rows,
             batch_size=self.hparams.batch_size,
             shuffle=False,
             collate_fn=self.collate,
@@ -208,7 +212,13 @@ class GSM8KDataModule(pl.LightningDataModule):
         return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        shards = self.hparams.val_shards
+        trainer = self.trainer
+        if shards == 1 or trainer is None or trainer.state.fn != "fit":
+            return self._loader("val")
+        # Strided shards of the length-sorted split: every round sees short and long prompts.
+        shard = self.splits["val"][trainer.current_epoch % shards :: shards]
+        return self._loader("val", shard)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")

@@ -1,0 +1,70 @@
+"""Generic decoder-layer discovery for any Hugging Face causal LM (no per-architecture table)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
+
+
+def num_layers_from_config(model: nn.Module) -> int | None:
+    """The decoder-layer count the model's (text) config declares, or None when it has none."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    get_text_config = getattr(config, "get_text_config", None)
+    if callable(get_text_config):
+        try:
+            config = get_text_config(decoder=True)
+        except TypeError:  # older signature without `decoder`
+            config = get_text_config()
+    for key in _LAYER_COUNT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's list of decoder blocks.
+
+    This is the `nn.ModuleList` whose length equals the config's layer count
+    (`num_hidden_layers`, `n_layer`, ... of `config.get_text_config()`); when several match
+    (e.g. a vision tower with as many blocks), the one with the most parameters wins.
+    Raises `ValueError` when none is found.
+    """
+    expected = num_layers_from_config(model)
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    if expected is None:
+        raise ValueError(
+            f"cannot find the decoder layers of {type(model).__name__}: its config declares no "
+            f"layer count (looked for {', '.join(_LAYER_COUNT_KEYS)})"
+        )
+    matches = [(name, m) for name, m in lists if len(m) == expected]
+    if not matches:
+        found = ", ".join(f"{name or '<root>'} ({len(m)})" for name, m in lists) or "none"
+        raise ValueError(
+            f"cannot find the decoder layers of {type(model).__name__}: no nn.ModuleList has "
+            f"{expected} entries (the config's layer count); ModuleLists found: {found}"
+        )
+    return max(matches, key=lambda item: _num_params(item[1]))[1]
+
+
+def resolve_layer(model: nn.Module, layer: int) -> int:
+    """Map a (possibly negative, python-style) layer index to 0..n-1, or raise `ValueError`."""
+    n = len(decoder_layers(model))
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        try:
+            layer = int(layer.__index__())  # numpy / torch integer scalars
+        except (AttributeError, TypeError):
+            raise TypeError(f"layer must be an int, got {type(layer).__name__}") from None
+    if not -n <= layer < n:
+        raise ValueError(
+            f"layer {layer} is out of range for this model's {n} decoder layers: "
+            f"use 0..{n - 1} or -{n}..-1"
+        )
+    return layer % n
