@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from steerlight.io import atomic_path
 from steerlight.model.layers import decoder_layers
 
 log = logging.getLogger(__name__)
@@ -101,16 +100,9 @@ class ActivationCache:
         from safetensors.torch import save_file
 
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-            save_file(tensors, tmp, metadata={"key": _canonical(key)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            save_file(tensors, str(tmp), metadata={"key": _canonical(key)})
         return path
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import random
 from contextlib import nullcontext
 from pathlib import Path
@@ -14,7 +16,7 @@ import torch
 from torch import Tensor
 
 from steerlight.activations import ActivationCache, ReadPosition, read_activations, read_mask_for
-from steerlight.answers import extract
+from steerlight.answers import extract, is_correct
 from steerlight.data.prompts import PresetName, get_preset
 from steerlight.errors import SteerlightError
 from steerlight.metrics import ExactMatch
@@ -112,7 +114,11 @@ class SteeredLM(pl.LightningModule):
             seed=seed,
         )
         self.metrics = torch.nn.ModuleDict(
-            {f"{s}_{m}": ExactMatch() for s in STAGES for m in ("strict", "flexible")}
+            {
+                f"{s}_{m}": ExactMatch()
+                for s in (*STAGES, "test_baseline")
+                for m in ("strict", "flexible")
+            }
         )
         self.model: torch.nn.Module | None = None
         self.tokenizer = None
@@ -125,6 +131,9 @@ class SteeredLM(pl.LightningModule):
         self._collect = False
         self._fitted_key: dict[str, Any] | None = None
         self.samples: dict[str, list[dict[str, Any]]] = {s: [] for s in STAGES}
+        self.records: list[dict[str, Any]] = []  # per-question test outcomes, both models
+        self.generation_memo: dict | None = None  # shared by a search's trials
+        self.generated_tokens = 0
         self.strict_loading = False  # checkpoints leave out the frozen base weights
         self.automatic_optimization = False
 
@@ -303,18 +312,38 @@ class SteeredLM(pl.LightningModule):
         self.samples["val"] = []
 
     def on_test_epoch_start(self) -> None:
-        self.samples["test"] = []
+        self.samples["test"], self.records = [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._score(batch, self.generate_batch(batch).texts, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        """The steered model and the unsteered baseline on the same questions (paired)."""
+        steered = self.generate_batch(batch).texts
+        baseline = self.generate_batch(batch, alpha=0.0).texts if self.steers else steered
+        self._score(batch, steered, "test")
+        self._score(batch, baseline, "test_baseline")
+        for i, ex_id in enumerate(batch["ids"]):
+            gold = batch["golds"][i]
+            record = {"id": ex_id, "question": batch["questions"][i], "gold": gold}
+            for name, texts in (("baseline", baseline), ("steered", steered)):
+                record[f"{name}_completion"] = texts[i]
+                for mode in ("strict", "flexible"):
+                    pred = extract(texts[i], mode, self.preset.answer_form)
+                    record[f"{name}_extracted_{mode}"] = pred
+                    record[f"{name}_correct_{mode}"] = is_correct(pred, gold)
+            self.records.append(record)
 
     def generate_batch(self, batch: dict[str, Any], alpha: float | Tensor | None = None):
-        """Generate completions for a batch, steered with the module's settings."""
+        """Generate completions for a batch, steered with the module's settings (or `alpha`)."""
         alpha = self.hparams.alpha if alpha is None else alpha
-        active = self.hparams.method != "none" and (torch.as_tensor(alpha).ne(0).any().item())
+        active = self.hparams.method != "none" and bool(torch.as_tensor(alpha).ne(0).any())
+        memo_key = None
+        if not active and self.generation_memo is not None:
+            # Unsteered generations do not depend on the trial: a search computes them once.
+            memo_key = (self.fingerprint, tuple(batch["ids"]), self.preset.name, str(self.settings))
+            if memo_key in self.generation_memo:
+                return self.generation_memo[memo_key]
         ctx = (
             steer(
                 self.model,
@@ -328,7 +357,7 @@ class SteeredLM(pl.LightningModule):
             else nullcontext()
         )
         with ctx:
-            return generate(
+            gen = generate(
                 self.model,
                 self.tokenizer,
                 batch["input_ids"],
@@ -336,20 +365,23 @@ class SteeredLM(pl.LightningModule):
                 self.settings,
                 stop_strings=self.preset.stop,
             )
+        self.generated_tokens += int((gen.tokens != self.tokenizer.pad_token_id).sum())
+        if memo_key is not None:
+            self.generation_memo[memo_key] = gen
+        return gen
 
     def _correct(self, text: str, gold: str, mode: str) -> bool:
-        from steerlight.answers import is_correct
-
         return is_correct(extract(text, mode, self.preset.answer_form), gold)
 
-    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
-        gen = self.generate_batch(batch)
+    def _score(self, batch: dict[str, Any], texts: list[str], stage: str) -> None:
         form = self.preset.answer_form
         for mode in ("strict", "flexible"):
-            preds = [extract(t, mode, form) for t in gen.texts]
+            preds = [extract(t, mode, form) for t in texts]
             self.metrics[f"{stage}_{mode}"].update(preds, batch["golds"])
+        if stage not in self.samples:
+            return
         room = self.hparams.log_samples - len(self.samples[stage])
-        for q, t, g in list(zip(batch["questions"], gen.texts, batch["golds"], strict=True))[:room]:
+        for q, t, g in list(zip(batch["questions"], texts, batch["golds"], strict=True))[:room]:
             pred = extract(t, "strict", form)
             self.samples[stage].append(
                 {
@@ -357,7 +389,7 @@ class SteeredLM(pl.LightningModule):
                     "completion": t,
                     "extracted": pred,
                     "gold": g,
-                    "correct": self._correct(t, g, "strict"),
+                    "correct": is_correct(pred, g),
                 }
             )
 
@@ -373,6 +405,7 @@ class SteeredLM(pl.LightningModule):
 
     def on_test_start(self) -> None:
         self._reset("test")
+        self._reset("test_baseline")
 
     def _reset(self, stage: str) -> None:
         for mode in ("strict", "flexible"):
@@ -383,6 +416,10 @@ class SteeredLM(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
+        for mode in ("strict", "flexible"):
+            self.log(f"test/baseline_acc_{mode}", self.metrics[f"test_baseline_{mode}"].compute())
+        if self.trainer.is_global_zero:
+            self._write_results()
 
     def _epoch_end(self, stage: str) -> None:
         values = {m: self.metrics[f"{stage}_{m}"].compute() for m in ("strict", "flexible")}
@@ -392,6 +429,59 @@ class SteeredLM(pl.LightningModule):
         self.log(f"{stage}/acc", values["strict"])
         self.log(f"{stage}/questions", self.metrics[f"{stage}_strict"].total.float())
         self._log_samples(stage)
+        self.log_hparams_with({f"{stage}/acc": float(values["strict"])})
+
+    def log_hparams_with(self, metrics: dict[str, float]) -> None:
+        """Fill TensorBoard's HPARAMS tab: this run's hyperparameters next to its metrics."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            self.logger.log_hyperparams(dict(self.hparams), metrics)
+
+    def _write_results(self) -> None:
+        """final_results.json, predictions.jsonl and reproducibility.json beside the checkpoint."""
+        from steerlight.io import write_json, write_text
+        from steerlight.report import environment, verdict
+
+        out = self.results_dir()
+        write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+        dm = self.trainer.datamodule
+        write_json(
+            out / "final_results.json",
+            {
+                "checkpoint": self.trainer.ckpt_path,
+                "model": self.hparams.model_name_or_path,
+                "method": self.hparams.method,
+                "layer": self.layer if self.steers else None,
+                "alpha": self.hparams.alpha,
+                **verdict(self.records, seed=self.hparams.seed),
+            },
+        )
+        study = Path(self.trainer.ckpt_path or "").with_name("best.json")
+        write_json(
+            out / "reproducibility.json",
+            {
+                "model_hparams": dict(self.hparams),
+                "data_hparams": dict(getattr(dm, "hparams", {})),
+                "seed_everything": os.environ.get("PL_GLOBAL_SEED"),
+                "test_data_fingerprint": getattr(dm, "fingerprints", {}).get("test"),
+                "data_fingerprint": getattr(dm, "fingerprint", None),
+                "base_model": {
+                    "name_or_path": self.hparams.model_name_or_path,
+                    "revision": self.hparams.revision,
+                    "weights_fingerprint": self.fingerprint,
+                },
+                "study": json.loads(study.read_text()) if study.is_file() else None,
+                "environment": environment(),
+            },
+        )
+        log.info("wrote the verdict to %s", out / "final_results.json")
+
+    def results_dir(self) -> Path:
+        """Beside the checkpoint that was tested, else in the run's log folder."""
+        if self.trainer.ckpt_path:
+            return Path(self.trainer.ckpt_path).parent
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     def _log_samples(self, stage: str) -> None:
         from lightning.pytorch.loggers import TensorBoardLogger

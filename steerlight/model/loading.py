@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -11,6 +13,20 @@ from torch import nn
 from steerlight.errors import SteerlightError
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+# Models kept while `reuse_loaded_models` is active: a search loads its frozen model once.
+_LOADED: dict[tuple, nn.Module] | None = None
+
+
+@contextmanager
+def reuse_loaded_models() -> Iterator[None]:
+    """Within this block, loading the same model twice returns the first (frozen) instance."""
+    global _LOADED
+    outer, _LOADED = _LOADED, {} if _LOADED is None else _LOADED
+    try:
+        yield
+    finally:
+        _LOADED = outer
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -29,6 +45,16 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> nn.Module:
     """An `AutoModelForCausalLM`, frozen: eval mode and no gradients."""
+    key = (name_or_path, revision, dtype, trust_remote_code)
+    if _LOADED is not None and key in _LOADED:
+        return _LOADED[key]
+    model = _load_model(name_or_path, revision, dtype, trust_remote_code)
+    if _LOADED is not None:
+        _LOADED[key] = model
+    return model
+
+
+def _load_model(name_or_path: str, revision, dtype: DType, trust_remote_code: bool) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)

@@ -1,0 +1,564 @@
+"""`python -m steerlight.search`: Optuna picks the steering configuration, scored on val.
+
+Each trial is a `fit` built through the same LightningCLI classes as `python -m steerlight fit`,
+with `optuna_integration.PyTorchLightningPruningCallback` added to its callbacks. The val split
+is cut into fixed shards, one per epoch, and the accuracy over the shards seen so far is the
+intermediate value the pruner judges. Activations and fitted vectors come from the on-disk
+cache, the frozen model is loaded once per process, and unsteered generations are reused.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from steerlight.errors import SteerlightError
+from steerlight.io import copy_file, write_text
+
+log = logging.getLogger("steerlight.search")
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
+DEFAULT_CONFIG = "configs/debug.yaml"
+
+
+# -- the search space ---------------------------------------------------------------------------
+
+
+@dataclass
+class Space:
+    """Search dimensions from YAML: `name: [choices]`, `name: {low, high[, log, step]}`, or a value.
+
+    Names are `SteeredLM` arguments. `layer: {probe_top_k: N}` searches the N layers whose
+    probes score best on train. `when: {method: {...}}` adds dimensions only for that method.
+    """
+
+    params: dict[str, Any]
+    when: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], origin: str) -> Space:
+        if not isinstance(spec, Mapping) or not spec:
+            raise SteerlightError(f"{origin}: the search space must be a non-empty mapping")
+        spec = dict(spec)
+        when = spec.pop("when", None) or {}
+        space = cls(spec, {str(k): dict(v) for k, v in when.items()})
+        space.validate(origin)
+        return space
+
+    def validate(self, origin: str) -> None:
+        import inspect
+
+        from steerlight.module import SteeredLM
+
+        valid = set(inspect.signature(SteeredLM.__init__).parameters) - {"self"}
+        for group, params in [
+            ("", self.params),
+            *((f"when.{m}.", p) for m, p in self.when.items()),
+        ]:
+            for name, spec in params.items():
+                if name not in valid:
+                    raise SteerlightError(
+                        f"{origin}: unknown search parameter {group}{name!r}; "
+                        f"valid: {', '.join(sorted(valid))}"
+                    )
+                _check_dimension(f"{origin}: {group}{name}", spec)
+        methods = self.params.get("method")
+        for method in self.when:
+            if methods is not None and method not in _as_list(methods):
+                raise SteerlightError(f"{origin}: when.{method} names a method not searched")
+
+    @property
+    def needs_probes(self) -> bool:
+        return any(
+            isinstance(p.get("layer"), Mapping) and "probe_top_k" in p["layer"]
+            for p in (self.params, *self.when.values())
+        )
+
+    def suggest(self, trial, probe_auc: list[float] | None) -> dict[str, Any]:
+        """Draw one configuration: a dict of `SteeredLM` arguments."""
+        values = {n: _suggest(trial, n, s, probe_auc) for n, s in self.params.items()}
+        for name, spec in self.when.get(values.get("method", ""), {}).items():
+            values[name] = _suggest(trial, name, spec, probe_auc)
+        return values
+
+    def baseline(self) -> dict[str, Any]:
+        """Fixed parameters for trial 0: the unsteered model (alpha = 0)."""
+        params: dict[str, Any] = {"alpha": 0.0}
+        methods = _as_list(self.params.get("method", []))
+        if methods:
+            params["method"] = "caa" if "caa" in methods else methods[0]
+        return params
+
+
+def _as_list(spec: Any) -> list[Any]:
+    return list(spec) if isinstance(spec, list) else [spec]
+
+
+def _check_dimension(where: str, spec: Any) -> None:
+    if isinstance(spec, list) and not spec:
+        raise SteerlightError(f"{where}: an empty list of choices")
+    if isinstance(spec, Mapping):
+        if "probe_top_k" in spec:
+            k = spec["probe_top_k"]
+            if not isinstance(k, int) or k < 1:
+                raise SteerlightError(f"{where}: probe_top_k must be a positive integer, got {k!r}")
+            return
+        if set(spec) - {"low", "high", "log", "step"} or not {"low", "high"} <= set(spec):
+            raise SteerlightError(
+                f"{where}: a range needs `low` and `high` (optional `log`, `step`); "
+                f"got {dict(spec)}"
+            )
+        low, high = spec["low"], spec["high"]
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (low, high)):
+            raise SteerlightError(f"{where}: low and high must be finite numbers")
+        if low >= high:
+            raise SteerlightError(f"{where}: low ({low}) must be below high ({high})")
+
+
+def _suggest(trial, name: str, spec: Any, probe_auc: list[float] | None) -> Any:
+    if isinstance(spec, list):
+        return trial.suggest_categorical(name, spec)
+    if isinstance(spec, Mapping) and "probe_top_k" in spec:
+        if probe_auc is None:
+            raise SteerlightError("layer: probe_top_k needs the probes fitted before the search")
+        ranked = sorted(range(len(probe_auc)), key=lambda i: -probe_auc[i])
+        return trial.suggest_categorical(name, sorted(ranked[: spec["probe_top_k"]]))
+    if isinstance(spec, Mapping):
+        low, high = spec["low"], spec["high"]
+        if (
+            isinstance(low, int)
+            and isinstance(high, int)
+            and not isinstance(spec.get("step"), float)
+        ):
+            return trial.suggest_int(
+                name, low, high, step=spec.get("step", 1), log=spec.get("log", False)
+            )
+        return trial.suggest_float(
+            name, low, high, step=spec.get("step"), log=spec.get("log", False)
+        )
+    return spec
+
+
+# -- config handling ----------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, space_file: str | Path | None) -> tuple[dict, Space]:
+    """The run config (as `fit` reads it) and the search space (its `search:` or a space file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SteerlightError(f"config file {path} does not exist")
+    config = _read_yaml(path)
+    spec = config.pop("search", None)
+    origin = f"{path} (search:)"
+    if space_file is not None:
+        spec, origin = _read_yaml(Path(space_file)), str(space_file)
+    if spec is None:
+        raise SteerlightError(f"{path} has no `search:` section; add one or pass --space FILE")
+    return config, Space.from_dict(spec, origin)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise SteerlightError(f"file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SteerlightError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SteerlightError(f"{path} must hold a YAML mapping")
+    return data
+
+
+def merge(base: Mapping, override: Mapping) -> dict:
+    """A deep merge of two config mappings (override wins)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# -- the objective -------------------------------------------------------------------------------
+
+
+@dataclass
+class Search:
+    """One study: the base config, the space and where its artefacts go."""
+
+    config: dict
+    space: Space
+    study_dir: Path
+    study_name: str
+    rounds: int = 4
+    probe_auc: list[float] | None = None
+    memo: dict = field(default_factory=dict)
+
+    def trial_config(self, params: Mapping[str, Any], version: str) -> dict:
+        data = self.config.get("data", {})
+        return merge(
+            self.config,
+            {
+                "model": dict(params),
+                "data": {
+                    "val_shards": self.rounds if self.rounds > 1 else data.get("val_shards", 1)
+                },
+                "trainer": {
+                    "max_epochs": self.rounds,
+                    "reload_dataloaders_every_n_epochs": 1,
+                    "num_sanity_val_steps": 0,
+                    "logger": {
+                        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                        "init_args": {
+                            "save_dir": str(self.study_dir.parent),
+                            "name": self.study_name,
+                            "version": version,
+                            "default_hp_metric": False,
+                        },
+                    },
+                },
+            },
+        )
+
+    def fit_probes(self) -> list[float]:
+        """Fit (or load from cache) the train-split probes once, to rank layers for the space."""
+        from steerlight.cli import cli_main
+
+        config = merge(
+            self.config,
+            {
+                "trainer": {
+                    "limit_val_batches": 0,
+                    "logger": False,
+                    "enable_checkpointing": False,
+                    "max_epochs": 1,
+                },
+                "model": {"alpha": 0.0},
+            },
+        )
+        config["trainer"].pop("callbacks", None)
+        cli = cli_main(args=config, run=False, checkpoint=False)
+        cli.trainer.fit(cli.model, cli.datamodule)
+        return cli.model.steering["probe_auc"].tolist()
+
+    def __call__(self, trial) -> float:
+        import optuna
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        from steerlight.cli import cli_main
+
+        params = self.space.suggest(trial, self.probe_auc)
+        twin = _finished_twin(trial)
+        if twin is not None:
+            trial.set_user_attr("duplicate_of", twin.number)
+            if twin.state == optuna.trial.TrialState.PRUNED:
+                raise optuna.TrialPruned(f"same configuration as trial {twin.number} (pruned)")
+            return twin.value
+        try:
+            pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
+            cli = cli_main(
+                args=self.trial_config(params, f"trial_{trial.number:04d}"),
+                run=False,
+                extra_callbacks=[pruning],
+            )
+            cli.model.generation_memo = self.memo
+            try:
+                cli.trainer.fit(cli.model, cli.datamodule)
+            finally:
+                trial.set_user_attr("generated_tokens", cli.model.generated_tokens)
+            value = float(cli.trainer.callback_metrics["val/acc"])
+            ckpt = cli.trainer.checkpoint_callback.last_model_path
+            trial.set_user_attr("checkpoint", ckpt)
+            trial.set_user_attr("config", self.trial_config(params, f"trial_{trial.number:04d}"))
+            return value
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}")
+            raise
+
+
+def _finished_twin(trial):
+    """A finished trial of the same study with exactly these parameters, if any."""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for other in trial.study.get_trials(deepcopy=False, states=states):
+        if other.number != trial.number and other.params == trial.params:
+            return other
+    return None
+
+
+# -- artefacts -----------------------------------------------------------------------------------
+
+
+def write_artefacts(study, search: Search) -> None:
+    """trials.csv, and best.yaml + best.ckpt for `python -m steerlight test --ckpt best`."""
+    import optuna
+
+    search.study_dir.mkdir(parents=True, exist_ok=True)
+    frame = study.trials_dataframe(
+        attrs=("number", "value", "state", "params", "duration", "user_attrs")
+    )
+    write_text(search.study_dir / "trials.csv", frame.to_csv(index=False))
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    with_ckpt = [t for t in complete if Path(t.user_attrs.get("checkpoint", "")).is_file()]
+    if not with_ckpt:
+        return
+    best = max(with_ckpt, key=lambda t: (t.value, -t.number))
+    config = copy.deepcopy(best.user_attrs["config"])
+    # best.yaml describes a plain run: the whole val split, no search-only trainer settings.
+    config.get("data", {}).pop("val_shards", None)
+    for key in ("max_epochs", "reload_dataloaders_every_n_epochs"):
+        config.get("trainer", {}).pop(key, None)
+    config["trainer"]["logger"]["init_args"]["version"] = "best"
+    header = (
+        f"# best of study {search.study_name!r}: trial {best.number}, val/acc {best.value:.4f}\n"
+    )
+    write_text(search.study_dir / "best.yaml", header + yaml.safe_dump(config, sort_keys=False))
+    copy_file(Path(best.user_attrs["checkpoint"]), search.study_dir / "best.ckpt")
+    summary = {"study": search.study_name, "trial": best.number, "val_acc": best.value}
+    write_text(search.study_dir / "best.json", json.dumps({**summary, "params": best.params}))
+
+
+def log_figures(study, search: Search) -> None:
+    """Val accuracy against alpha per method/layer, and Optuna's history and importance plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+    from torch.utils.tensorboard import SummaryWriter
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return
+    writer = SummaryWriter(str(search.study_dir / "summary"))
+    try:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        groups: dict[str, list[tuple[float, float]]] = {}
+        for t in complete:
+            if "alpha" in t.params:
+                label = f"{t.params.get('method', 'caa')} layer {t.params.get('layer', 'auto')}"
+                groups.setdefault(label, []).append((t.params["alpha"], t.value))
+        for label, points in sorted(groups.items()):
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, "o-", label=label)
+        ax.set(xlabel="alpha", ylabel="val accuracy (strict)", title=search.study_name)
+        if groups:
+            ax.legend(fontsize="small")
+        writer.add_figure("search/val_acc_vs_alpha", fig)
+        plots = {
+            "search/optimization_history": optuna_plots.plot_optimization_history,
+            "search/param_importances": optuna_plots.plot_param_importances,
+        }
+        for tag, plot in plots.items():
+            try:
+                writer.add_figure(tag, plot(study).figure)
+            except (ValueError, RuntimeError) as err:  # e.g. too few trials for importances
+                log.warning("no %s figure: %s", tag, err)
+    finally:
+        writer.close()
+        plt.close("all")
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def build_parser():
+    from jsonargparse import ArgumentParser
+
+    p = ArgumentParser(
+        prog="python -m steerlight.search",
+        description="Search steering configurations with Optuna; every trial is scored on val.",
+        default_env=False,
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        default=DEFAULT_CONFIG,
+        help="The run config `fit` reads, with a `search:` section (the space).",
+    )
+    p.add_argument("--space", default=None, help="A YAML search space file, instead of `search:`.")
+    p.add_argument(
+        "--n-trials",
+        "--n_trials",
+        type=int,
+        default=50,
+        help="Trials to run in this process (a resumed study adds these).",
+    )
+    p.add_argument(
+        "--study-name",
+        "--study_name",
+        default=None,
+        help="Study name (default: the config file's stem); reusing one resumes it.",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default: SQLite in lightning_logs/<study>/study.db; "
+        "a PostgreSQL URL lets several workers share one study).",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=None, help="Stop starting trials after this many seconds."
+    )
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="tpe",
+        help="tpe: multivariate TPE (default); random: uniform random search.",
+    )
+    p.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        default="median",
+        help="median: MedianPruner (default); hyperband; none: no pruning.",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="Val shards, one per epoch; accuracy after each is the pruning signal.",
+    )
+    p.add_argument(
+        "--startup-trials",
+        "--startup_trials",
+        type=int,
+        default=5,
+        help="Trials before the pruner and TPE start acting on results.",
+    )
+    p.add_argument("--seed", type=int, default=0, help="Seed of the sampler.")
+    p.add_argument("--root", default="lightning_logs", help="Folder that holds the study folder.")
+    p.add_argument("--verbose", action="store_true", help="Show tracebacks of errors.")
+    return p
+
+
+def make_study(args, study_dir: Path):
+    import optuna
+
+    storage = args.storage or f"sqlite:///{study_dir / 'study.db'}"
+    sampler = (
+        optuna.samplers.TPESampler(
+            seed=args.seed, multivariate=True, n_startup_trials=args.startup_trials
+        )
+        if args.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=args.seed)
+    )
+    pruner = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=args.rounds
+        ),
+        "none": optuna.pruners.NopPruner,
+    }[args.pruner]()
+    try:
+        return optuna.create_study(
+            study_name=study_dir.name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
+    except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as err:
+        raise SteerlightError(f"cannot open Optuna storage {storage!r}: {err}") from None
+    except Exception as err:  # sqlalchemy's connection errors
+        if type(err).__module__.startswith("sqlalchemy"):
+            raise SteerlightError(f"cannot open Optuna storage {storage!r}: {err}") from None
+        raise
+
+
+def progress_line(study, trial) -> None:
+    """One line per finished trial: number, parameters, value or state, elapsed."""
+    import optuna
+
+    secs = trial.duration.total_seconds() if trial.duration else float("nan")
+    params = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+    )
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        outcome = f"val/acc {trial.value:.4f}"
+    elif trial.state == optuna.trial.TrialState.PRUNED:
+        steps = trial.intermediate_values
+        outcome = f"PRUNED after round {max(steps) + 1 if steps else 0}"
+    else:
+        outcome = f"FAIL: {trial.user_attrs.get('error', 'see the log')}"
+    print(
+        f"[{study.study_name}] trial {trial.number}: {params} -> {outcome} ({secs:.1f}s)",
+        flush=True,
+    )
+
+
+def run(argv: list[str] | None = None) -> Any:
+    import optuna
+
+    from steerlight.model.loading import reuse_loaded_models
+
+    args = build_parser().parse_args(argv)
+    config, space = load_config(args.config, args.space)
+    name = args.study_name or Path(args.config).stem
+    study_dir = Path(args.root) / name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    study = make_study(args, study_dir)
+    if not study.trials:
+        study.enqueue_trial(space.baseline(), user_attrs={"baseline": True})
+    search = Search(config, space, study_dir, name, rounds=args.rounds)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line replaces its log
+    start = time.monotonic()
+    with reuse_loaded_models():
+        if space.needs_probes:
+            search.probe_auc = search.fit_probes()
+        study.optimize(
+            search,
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            catch=(Exception,),  # a failed trial is FAIL with its message; the study goes on
+            callbacks=[progress_line, lambda s, t: write_artefacts(s, search)],
+            gc_after_trial=True,
+        )
+    log_figures(study, search)
+    write_artefacts(study, search)
+    states = [t.state.name for t in study.trials]
+    summary = ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states)))
+    print(
+        f"[{name}] {len(states)} trials ({summary}) in {time.monotonic() - start:.0f}s; "
+        f"artefacts in {study_dir}",
+        flush=True,
+    )
+    try:
+        print(
+            f"[{name}] best: trial {study.best_trial.number}, val/acc {study.best_value:.4f}, "
+            f"{study.best_params}",
+            flush=True,
+        )
+    except ValueError:
+        print(f"[{name}] no trial completed", flush=True)
+    return study
+
+
+def main(argv: list[str] | None = None) -> None:
+    verbose = "--verbose" in (argv if argv is not None else sys.argv)
+    try:
+        run(argv)
+    except SteerlightError as err:
+        if verbose:
+            raise
+        print(f"steerlight.search: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
