@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,25 @@ from steerlight.checkpoint import SteeringCheckpoint
 from steerlight.data.datamodule import GSM8KDataModule
 from steerlight.errors import SteerlightError
 from steerlight.module import SteeredLM
+
+# Lightning's advice for training loops that does not apply to a frozen, closed-form model.
+_EXPECTED_WARNINGS = (
+    r"`LightningModule.configure_optimizers` returned `None`",
+    r"Found \d+ module\(s\) in eval mode",
+    r"The number of training batches .* is smaller than the logging interval",
+    r"LightningCLI's args parameter is intended to run from within Python",
+    r"The dirpath has changed from",
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
+    r".*isinstance\(treespec, LeafSpec\)",
+)
+
+
+def quiet_expected_warnings() -> None:
+    for pattern in _EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
 
 
 class SteerlightCLI(LightningCLI):
@@ -93,6 +114,7 @@ def cli_main(
     checkpoint: bool = True,
 ) -> SteerlightCLI:
     """Build (and with `run`, execute) the CLI; `args` is an argv list or a config dict."""
+    quiet_expected_warnings()
     callbacks = [SteeringCheckpoint()] if checkpoint else []
     return SteerlightCLI(
         SteeredLM,

@@ -15,6 +15,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,7 +368,9 @@ def log_figures(study, search: Search) -> None:
         }
         for tag, plot in plots.items():
             try:
-                writer.add_figure(tag, plot(study).figure)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "experimental" notices, equal importances
+                    writer.add_figure(tag, plot(study).figure)
             except (ValueError, RuntimeError) as err:  # e.g. too few trials for importances
                 log.warning("no %s figure: %s", tag, err)
     finally:
