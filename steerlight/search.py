@@ -93,13 +93,18 @@ class Space:
             values[name] = _suggest(trial, name, spec, probe_auc)
         return values
 
-    def baseline(self) -> dict[str, Any]:
-        """Fixed parameters for trial 0: the unsteered model (alpha = 0)."""
-        params: dict[str, Any] = {"alpha": 0.0}
-        methods = _as_list(self.params.get("method", []))
-        if methods:
-            params["method"] = "caa" if "caa" in methods else methods[0]
-        return params
+    def baseline(self, probe_auc: list[float] | None) -> dict[str, Any]:
+        """Trial 0: the unsteered model (alpha = 0, method caa if searched), and the first
+        choice of every other categorical dimension so that it is a valid configuration."""
+        params = {}
+        for name, spec in self.params.items():
+            if isinstance(spec, list):
+                params[name] = spec[0]
+            elif isinstance(spec, Mapping) and "probe_top_k" in spec and probe_auc is not None:
+                params[name] = _top_layers(probe_auc, spec["probe_top_k"])[0]
+        if "caa" in _as_list(self.params.get("method", [])):
+            params["method"] = "caa"
+        return {**params, "alpha": 0.0}
 
 
 def _as_list(spec: Any) -> list[Any]:
@@ -127,14 +132,18 @@ def _check_dimension(where: str, spec: Any) -> None:
             raise SteerlightError(f"{where}: low ({low}) must be below high ({high})")
 
 
+def _top_layers(probe_auc: list[float], k: int) -> list[int]:
+    """The k layers whose probes score best, in layer order."""
+    return sorted(sorted(range(len(probe_auc)), key=lambda i: -probe_auc[i])[:k])
+
+
 def _suggest(trial, name: str, spec: Any, probe_auc: list[float] | None) -> Any:
     if isinstance(spec, list):
         return trial.suggest_categorical(name, spec)
     if isinstance(spec, Mapping) and "probe_top_k" in spec:
         if probe_auc is None:
             raise SteerlightError("layer: probe_top_k needs the probes fitted before the search")
-        ranked = sorted(range(len(probe_auc)), key=lambda i: -probe_auc[i])
-        return trial.suggest_categorical(name, sorted(ranked[: spec["probe_top_k"]]))
+        return trial.suggest_categorical(name, _top_layers(probe_auc, spec["probe_top_k"]))
     if isinstance(spec, Mapping):
         low, high = spec["low"], spec["high"]
         if (
@@ -516,14 +525,14 @@ def run(argv: list[str] | None = None) -> Any:
     study_dir = Path(args.root) / name
     study_dir.mkdir(parents=True, exist_ok=True)
     study = make_study(args, study_dir)
-    if not study.trials:
-        study.enqueue_trial(space.baseline(), user_attrs={"baseline": True})
     search = Search(config, space, study_dir, name, rounds=args.rounds)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line replaces its log
     start = time.monotonic()
     with reuse_loaded_models():
         if space.needs_probes:
             search.probe_auc = search.fit_probes()
+        if not study.trials:
+            study.enqueue_trial(space.baseline(search.probe_auc), user_attrs={"baseline": True})
         study.optimize(
             search,
             n_trials=args.n_trials,

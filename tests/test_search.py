@@ -1,0 +1,147 @@
+"""`python -m steerlight.search` on a tiny random model: states, resume, artefacts, --ckpt best."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from steerlight.errors import SteerlightError
+from steerlight.search import load_config, run
+
+BASE = {
+    "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+    "model": {"max_new_tokens": 3},
+    "data": {
+        "source": "synthetic",
+        "synthetic_train_size": 60,
+        "synthetic_test_size": 4,
+        "val_size": 8,
+        "n_shots": 0,
+        "limit_train": 6,
+        "batch_size": 2,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_random_root, tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("search") / "llama"
+    shutil.copytree(tiny_random_root / "llama", dest)
+    for f in (tiny_random_root / "tokenizer").iterdir():
+        shutil.copy(f, dest / f.name)
+    return dest
+
+
+def write_config(tmp_path: Path, model: Path, space: dict) -> Path:
+    config = json.loads(json.dumps(BASE))
+    config["model"].update(model_name_or_path=str(model), cache_dir=str(tmp_path / "cache"))
+    config["search"] = space
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def search(tmp_path: Path, config: Path, *flags: str) -> optuna.Study:
+    root = tmp_path / "lightning_logs"
+    return run(["--config", str(config), "--root", str(root), "--rounds", "2", *flags])
+
+
+def test_trial_states_artefacts_and_resume(llama, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = {"method": ["caa"], "layer": [0, 9], "alpha": {"low": -4.0, "high": 4.0}}
+    config = write_config(tmp_path, llama, space)
+    study = search(tmp_path, config, "--n-trials", "6", "--sampler", "random")
+    trials = study.trials
+    assert trials[0].params["alpha"] == 0.0 and trials[0].user_attrs["baseline"] is True
+    assert trials[0].state == optuna.trial.TrialState.COMPLETE
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed, "layer 9 of a 2-layer model must fail"
+    for t in failed:
+        assert t.params["layer"] == 9
+        assert "layer 9 is out of range" in t.user_attrs["error"]
+        assert t.value is None  # never a fake score
+    study_dir = tmp_path / "lightning_logs" / "study"
+    for name in ("study.db", "trials.csv", "best.yaml", "best.ckpt", "best.json"):
+        assert (study_dir / name).is_file(), name
+    assert len((study_dir / "trials.csv").read_text().strip().splitlines()) == 1 + len(trials)
+    best = yaml.safe_load((study_dir / "best.yaml").read_text())
+    assert "val_shards" not in best["data"] and best["model"]["layer"] == 0
+    assert (study_dir / "trial_0000").is_dir(), "each trial has its own TensorBoard run"
+
+    again = search(tmp_path, config, "--n-trials", "2", "--sampler", "random")
+    assert len(again.trials) == len(trials) + 2
+    assert [t.params for t in again.trials[: len(trials)]] == [t.params for t in trials]
+
+
+def test_identical_configuration_is_not_generated_twice(llama, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, llama, {"method": ["caa"], "layer": [0], "alpha": [0.0, 2.0]})
+    study = search(tmp_path, config, "--n-trials", "5", "--sampler", "random", "--pruner", "none")
+    twins = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert len(twins) >= 3  # only two distinct configurations exist
+    for t in twins:
+        original = study.trials[t.user_attrs["duplicate_of"]]
+        assert original.params == t.params and original.value == t.value
+        assert "generated_tokens" not in t.user_attrs
+
+
+def test_unsteered_generations_are_reused_across_trials(llama, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = {"method": ["none", "caa"], "layer": [0], "alpha": {"low": 0.0, "high": 0.0}}
+    space["alpha"] = [0.0]
+    space["positions"] = ["all", "generated"]
+    config = write_config(tmp_path, llama, space)
+    study = search(tmp_path, config, "--n-trials", "3", "--sampler", "random", "--pruner", "none")
+    tokens = [t.user_attrs.get("generated_tokens") for t in study.trials if t.value is not None]
+    tokens = [n for n in tokens if n is not None]
+    assert tokens[0] > 0 and all(n == 0 for n in tokens[1:]), tokens
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"alpah": [1.0]}, "unknown search parameter 'alpah'"),
+        ({"alpha": {"low": 2.0, "high": 1.0}}, "low .2.0. must be below high"),
+        ({"alpha": {"low": 0.0}}, "a range needs `low` and `high`"),
+        ({"layer": {"probe_top_k": 0}}, "probe_top_k must be a positive integer"),
+        ({"method": ["caa"], "when": {"dac": {"alpha": [1.0]}}}, "when.dac names a method"),
+    ],
+)
+def test_bad_search_space(tmp_path, llama, space, message):
+    config = write_config(tmp_path, llama, space)
+    with pytest.raises(SteerlightError, match=message):
+        load_config(config, None)
+
+
+def test_search_then_test_ckpt_best_from_a_fresh_process(llama, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, llama, {"layer": [0], "alpha": {"low": -2.0, "high": 2.0}})
+    search(tmp_path, config, "--n-trials", "3")
+    env_cmd = [
+        sys.executable,
+        "-m",
+        "steerlight",
+        "test",
+        "--ckpt",
+        "best",
+        "--logs_root",
+        str(tmp_path / "lightning_logs"),
+    ]
+    proc = subprocess.run(env_cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study_dir = tmp_path / "lightning_logs" / "study"
+    results = json.loads((study_dir / "final_results.json").read_text())
+    bundle = json.loads((study_dir / "reproducibility.json").read_text())
+    assert results["questions"] == 4
+    assert bundle["study"]["study"] == "study" and "trial" in bundle["study"]
+    assert bundle["base_model"]["weights_fingerprint"]
+    assert bundle["environment"]["torch"]
+    lines = (study_dir / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and "steered_completion" in json.loads(lines[0])
