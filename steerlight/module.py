@@ -302,8 +302,19 @@ class SteeredLM(pl.LightningModule):
 
     def _set_steering(self, state: dict[str, Tensor], key: dict[str, Any]) -> None:
         self.steering, self._fitted_key = dict(state), key
-        for i, value in enumerate(state["probe_auc"].tolist()):
+        auc = state["probe_auc"].tolist()
+        for i, value in enumerate(auc):
             self.log(f"probe_auc/layer_{i:02d}", value)
+        if self._tensorboard() is not None:
+            self._tensorboard().add_figure("probes/auc_per_layer", _auc_figure(auc), 0)
+
+    def _tensorboard(self):
+        """The TensorBoard writer on the main process, or None with another (or no) logger."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            return self.logger.experiment
+        return None
 
     # -- validation and test -------------------------------------------------------------------
 
@@ -433,9 +444,7 @@ class SteeredLM(pl.LightningModule):
 
     def log_hparams_with(self, metrics: dict[str, float]) -> None:
         """Fill TensorBoard's HPARAMS tab: this run's hyperparameters next to its metrics."""
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+        if self._tensorboard() is not None:
             self.logger.log_hyperparams(dict(self.hparams), metrics)
 
     def _write_results(self) -> None:
@@ -484,25 +493,16 @@ class SteeredLM(pl.LightningModule):
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     def _log_samples(self, stage: str) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        rows = self.samples[stage]
-        if not rows or not isinstance(self.logger, TensorBoardLogger):
+        """A markdown table of sample generations in TensorBoard's TEXT tab."""
+        writer, rows = self._tensorboard(), self.samples[stage]
+        if writer is None or not rows:
             return
-
-        def cell(s: object) -> str:
-            return str(s).replace("|", "\\|").replace("\n", "<br>")
-
-        table = ["| question | completion | extracted | gold | correct |", "|---|---|---|---|---|"]
-        table += [
-            "| "
-            + " | ".join(
-                cell(r[k]) for k in ("question", "completion", "extracted", "gold", "correct")
-            )
-            + " |"
-            for r in rows
-        ]
-        self.logger.experiment.add_text(f"{stage}/samples", "\n".join(table), self.global_step)
+        columns = ("question", "completion", "extracted", "gold", "correct")
+        table = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+        for row in rows:
+            cells = (str(row[c]).replace("|", "\\|").replace("\n", "<br>") for c in columns)
+            table.append("| " + " | ".join(cells) + " |")
+        writer.add_text(f"{stage}/samples", "\n".join(table), self.current_epoch)
 
     # -- checkpoints: steering state and model identity, never the base weights ---------------
 
@@ -529,3 +529,18 @@ class SteeredLM(pl.LightningModule):
                 f"{self.hparams.model_name_or_path!r} has weights {self.fingerprint}"
             )
         self.steering = dict(checkpoint["steering"])
+
+
+def _auc_figure(auc: list[float]):
+    """Bar chart of held-out probe AUC per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, len(auc) * 0.3), 3))
+    ax.bar(range(len(auc)), auc)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set(xlabel="layer", ylabel="held-out AUC", ylim=(0, 1), title="probe AUC per layer")
+    fig.tight_layout()
+    return fig

@@ -201,6 +201,7 @@ def test_cli_fit_validate_test(llama, tmp_path):
     ckpt = fit.trainer.checkpoint_callback.best_model_path
     assert Path(ckpt).is_file()
     assert (Path(fit.trainer.log_dir) / "config.yaml").is_file(), "the run's config is saved"
+    assert_tensorboard_review(Path(fit.trainer.log_dir))
     val = cli_main(["validate", "--config", str(config), "--ckpt_path", ckpt])
     assert val.trainer.callback_metrics["val/acc"] == fit.trainer.callback_metrics["val/acc"]
     test = cli_main(["test", "--config", str(config), "--ckpt_path", ckpt])
@@ -217,3 +218,26 @@ def test_every_config_parses(config, capsys):
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "model_name_or_path" in printed and "source" in printed
+
+
+def assert_tensorboard_review(log_dir: Path) -> None:
+    """What the README tells a user to look at is really in the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"tensors": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"val/acc", "val/acc_strict", "val/acc_flexible", "probe_auc/layer_00"} <= set(
+        tags["scalars"]
+    )
+    assert "val/samples/text_summary" in tags["tensors"]
+    table = acc.Tensors("val/samples/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert table.startswith("| question | completion | extracted | gold | correct |")
+    assert "probes/auc_per_layer" in tags["images"]
+    content = acc.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert "val/acc" in metric_tags, "the HPARAMS tab needs real metric columns"
+    hparam_names = {h.name for h in experiment.experiment.hparam_infos}
+    assert {"alpha", "layer", "method"} <= hparam_names
