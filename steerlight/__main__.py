@@ -1,10 +1,12 @@
 """`python -m steerlight fit|validate|test|predict --config FILE`."""
 
-from steerlight.cli import cli_main
+from steerlight.errors import exit_on_error
 
 
 def main() -> None:
-    cli_main()
+    from steerlight.cli import cli_main
+
+    exit_on_error("steerlight", cli_main)
 
 
 if __name__ == "__main__":

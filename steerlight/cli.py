@@ -60,6 +60,13 @@ class SteerlightCLI(LightningCLI):
         )
         parser.add_argument("--study_name", default=None, help="The study `--ckpt best` reads.")
         parser.add_argument(
+            "--search",
+            type=dict | None,
+            default=None,
+            help="The search space that `python -m steerlight.search` reads from the same "
+            "config file; ignored here.",
+        )
+        parser.add_argument(
             "--logs_root", default="lightning_logs", help="Where --ckpt looks for runs."
         )
 

@@ -1,5 +1,27 @@
-"""The one exception type for bad user input."""
+"""The one exception type for bad user input, and how command-line entry points report it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class SteerlightError(ValueError):
     """Bad input from the user (a file, a config value, a flag); the CLI prints only its message."""
+
+
+def exit_on_error(prog: str, main: Callable[[], object]) -> None:
+    """Run `main`; a SteerlightError becomes one line on stderr and exit status 2.
+
+    With `--verbose` anywhere on the command line the traceback is shown instead.
+    """
+    verbose = "--verbose" in sys.argv
+    if verbose:
+        sys.argv.remove("--verbose")
+    try:
+        main()
+    except SteerlightError as err:
+        if verbose:
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -13,7 +13,6 @@ import copy
 import json
 import logging
 import math
-import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from steerlight.errors import SteerlightError
+from steerlight.errors import SteerlightError, exit_on_error
 from steerlight.io import copy_file, write_text
 
 log = logging.getLogger("steerlight.search")
@@ -454,7 +453,7 @@ def build_parser():
     )
     p.add_argument("--seed", type=int, default=0, help="Seed of the sampler.")
     p.add_argument("--root", default="lightning_logs", help="Folder that holds the study folder.")
-    p.add_argument("--verbose", action="store_true", help="Show tracebacks of errors.")
+    p.add_argument("--verbose", action="store_true", help="Show the traceback of an error.")
     return p
 
 
@@ -561,15 +560,8 @@ def run(argv: list[str] | None = None) -> Any:
     return study
 
 
-def main(argv: list[str] | None = None) -> None:
-    verbose = "--verbose" in (argv if argv is not None else sys.argv)
-    try:
-        run(argv)
-    except SteerlightError as err:
-        if verbose:
-            raise
-        print(f"steerlight.search: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+def main() -> None:
+    exit_on_error("steerlight.search", run)
 
 
 if __name__ == "__main__":
