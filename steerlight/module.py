@@ -194,7 +194,8 @@ class SteeredLM(pl.LightningModule):
             "pairs": hp.pairs,
             "read_position": hp.read_position,
             "seed": hp.seed,
-            "batches": self.trainer.num_training_batches,
+            "limit_train_batches": self.trainer.limit_train_batches,
+            "world_size": self.trainer.world_size,
             "batch_size": getattr(dm, "hparams", {}).get("batch_size"),
         }
         if hp.pairs == "on_policy":
@@ -279,8 +280,10 @@ class SteeredLM(pl.LightningModule):
         if self._cached is not None:
             acts, labels = self._cached["acts"], self._cached["labels"].bool()
         else:
-            acts, labels = torch.cat(self._acts), torch.cat(self._labels)
-            cache.save(key, {"acts": acts, "labels": labels.to(torch.uint8)})
+            acts = torch.cat([a for part in self._gather(self._acts) for a in part])
+            labels = torch.cat([y for part in self._gather(self._labels) for y in part])
+            if self.trainer.is_global_zero:
+                cache.save(key, {"acts": acts, "labels": labels.to(torch.uint8)})
         self._acts, self._labels, self._cached = [], [], None
         if labels.all() or not labels.any():
             raise SteerlightError(
@@ -296,7 +299,8 @@ class SteeredLM(pl.LightningModule):
             "probe_weight": probes.weight,
             "probe_bias": probes.bias,
         }
-        cache.save({**key, "kind": "steering"}, state)
+        if self.trainer.is_global_zero:
+            cache.save({**key, "kind": "steering"}, state)
         self._set_steering(state, key)
         log.info("fitted CAA vectors on %d examples; probe-best layer %d", len(labels), self.layer)
 
@@ -429,8 +433,20 @@ class SteeredLM(pl.LightningModule):
         self._epoch_end("test")
         for mode in ("strict", "flexible"):
             self.log(f"test/baseline_acc_{mode}", self.metrics[f"test_baseline_{mode}"].compute())
+        self.records = [r for part in self._gather(self.records) for r in part]
+        out = self.results_dir()  # on every rank: trainer.log_dir is a collective under DDP
         if self.trainer.is_global_zero:
-            self._write_results()
+            self._write_results(out)
+
+    def _gather(self, items: list) -> list[list]:
+        """Every process's list (one per rank), e.g. under DDP; just [items] on one device."""
+        if self.trainer.world_size == 1:
+            return [items]
+        import torch.distributed as dist
+
+        parts: list = [None] * self.trainer.world_size
+        dist.all_gather_object(parts, items)
+        return parts
 
     def _epoch_end(self, stage: str) -> None:
         values = {m: self.metrics[f"{stage}_{m}"].compute() for m in ("strict", "flexible")}
@@ -438,7 +454,8 @@ class SteeredLM(pl.LightningModule):
             self.log(f"{stage}/acc_{mode}", value)
         # `<stage>/acc` is what checkpoints and the search monitor: strict match.
         self.log(f"{stage}/acc", values["strict"])
-        self.log(f"{stage}/questions", self.metrics[f"{stage}_strict"].total.float())
+        total = self.metrics[f"{stage}_strict"].total.float()  # this rank's count
+        self.log(f"{stage}/questions", total, sync_dist=True, reduce_fx="sum")
         self._log_samples(stage)
         self.log_hparams_with({f"{stage}/acc": float(values["strict"])})
 
@@ -447,12 +464,11 @@ class SteeredLM(pl.LightningModule):
         if self._tensorboard() is not None:
             self.logger.log_hyperparams(dict(self.hparams), metrics)
 
-    def _write_results(self) -> None:
+    def _write_results(self, out: Path) -> None:
         """final_results.json, predictions.jsonl and reproducibility.json beside the checkpoint."""
         from steerlight.io import write_json, write_text
         from steerlight.report import environment, verdict
 
-        out = self.results_dir()
         write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
         dm = self.trainer.datamodule
         write_json(
@@ -466,7 +482,7 @@ class SteeredLM(pl.LightningModule):
                 **verdict(self.records, seed=self.hparams.seed),
             },
         )
-        study = Path(self.trainer.ckpt_path or "").with_name("best.json")
+        study = out / "best.json"  # written by the search beside best.ckpt
         write_json(
             out / "reproducibility.json",
             {

@@ -200,9 +200,21 @@ class GSM8KDataModule(pl.LightningDataModule):
     def _loader(self, split: str, rows: list[dict[str, Any]] | None = None) -> DataLoader:
         if not self.splits:
             self.setup()
+        rows = self.splits[split] if rows is None else rows
+        sampler = None
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            # Lightning's default DistributedSampler pads ranks with repeated questions, which
+            # would count them twice; this one gives every question to exactly one rank.
+            sampler = UnrepeatedDistributedSampler(
+                rows, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
         return DataLoader(
-            self.splits[split] if rows is None else rows,
+            rows,
             batch_size=self.hparams.batch_size,
+            sampler=sampler,
             shuffle=False,
             collate_fn=self.collate,
             num_workers=self.hparams.num_workers,

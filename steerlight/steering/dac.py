@@ -1,0 +1,525 @@
+"""DAC (Scalena, Sarti, Nissim 2024, "Dynamic Activation Composition"): a per-step, per-row alpha.
+
+The method
+----------
+A steering vector ``v`` is added after decoder layer ``L`` as in CAA, but its strength is
+chosen anew at every generation step ``t`` and for every row:
+
+- ``p_t``: the unsteered next-token distribution,
+- ``q_t``: the next-token distribution when steered at ``alpha_max``,
+- ``U``: the union of the top-``top_p`` nuclei of ``p_t`` and ``q_t`` (a nucleus is the smallest
+  set of most likely tokens holding at least ``top_p`` of the mass, never empty),
+- ``alpha_t = clip(KL(p_t || q_t) on U, 0, alpha_max)``, with both distributions renormalised
+  on ``U`` (``batchmean=True`` divides the KL by ``|U|`` as the reference code's
+  ``F.kl_div(..., reduction="batchmean")`` on a 1-D input does),
+- the token is taken (greedy or sampled) from the model steered at ``alpha_t``.
+
+Every steered column keeps the strength (and, with per-step vectors, the vector) of the step
+that fed it: the column that predicts token ``t`` (the last prompt token for ``t = 0``,
+generated token ``t-1`` afterwards) is steered by ``alpha_t * v_t`` in the applied stream and by
+``alpha_max * v_t`` in the probe stream, for as long as the sequence goes on. This is the
+reference implementation's rule (``layer_act[prompt_len - 1 + i] += alpha_used[i] * v[i]``
+for every ``i <= step`` at every step) and what makes a KV cache exact. (Re-steering the whole
+past at the new ``alpha_t``, as one full forward with a single strength would, cannot be cached
+at all.) With ``positions="generated"`` nothing is steered at step 0, so ``alpha_0 = 0``.
+
+The 3-cache scheme
+------------------
+The naive method runs three full forward passes per token with no cache: O(T^2). Here three KV
+caches are kept, one per stream, and each step feeds every stream one token:
+
+1. ``pq`` cache, 2B rows interleaved (row 0 unsteered, row 0 probe, row 1 unsteered, ...): one
+   batched forward with the per-row strength ``[0, alpha_max, 0, alpha_max, ...]`` gives
+   ``p_t`` and ``q_t``;
+2. ``alpha_t`` from them (`dac_alpha`);
+3. applied cache, B rows: one forward of the same token with strength ``alpha_t`` gives the
+   logits the token is drawn from.
+
+Steps 1 and 3 cannot share one forward: the applied logits at step ``t`` need ``alpha_t``, which
+needs ``p_t, q_t`` of the same token, and the next token of the ``pq`` streams needs the applied
+logits. So each step is one 2B-row forward then one B-row forward (3B rows of work in all), and
+the total work is O(T), as for plain cached generation.
+
+Prefill. The prompt columns before the last one are never steered (positions
+``"generated"`` / ``"prompt_end+generated"``), so all three streams share them: one B-row
+forward over ``prompt[:, :-1]`` builds a cache that is copied for the applied stream and
+repeated (``batch_repeat_interleave(2)``) for the ``pq`` streams; step 0 then feeds the last
+prompt column like any other token. With ``positions="all"`` every prompt column is steered, so
+the ``pq`` streams prefill the whole prompt (2B rows) and the applied stream prefills it at
+``alpha_0`` once that is known.
+
+Exactness. Each cached forward computes the same function as the naive full forward at its
+last position: the cached keys/values of every column were computed with the same steering
+(strength and vector) the naive pass applies to that column, position ids come from the
+attention mask as in ``generate`` (left padding), and pads are masked and never steered. With
+``alpha_max = 0`` the three streams are the unsteered model and the tokens equal
+`steerlight.model.generation.generate` (greedy, and sampling with the same seed).
+
+Per-step vectors. DAC's own vector source is the in-context prompt minus the zero-shot
+prompt, read position by position along a continuation (`icl_step_vectors`); ``v_t`` for
+``t < T`` and their mean over the rest for every later step.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+from steerlight.model.generation import Generation, GenerationSettings, _eos_ids, cut_at_stop
+from steerlight.model.hooks import POSITIONS, Positions, steer
+from steerlight.model.layers import decoder_layers, resolve_layer
+
+# ---- the strength rule ----------------------------------------------------------------------
+
+
+_LOG_FLOOR = -80.0
+"""Log-probabilities are floored here before exp (see `dac_kl`)."""
+_BUCKETS = 2048
+_BUCKET_SPAN = 40.0
+"""Nats below a row's most likely token that the buckets of `nucleus_mask` cover."""
+
+
+def nucleus_mask(probs: Tensor, top_p: float) -> Tensor:
+    """Boolean mask (B, V) of the top-p nucleus: the smallest set of most likely tokens whose
+    cumulative probability reaches `top_p`. The most likely token is always kept.
+
+    No full sort: tokens are bucketed by log-probability (2048 buckets over 40 nats below the
+    row's max, the rest in the last one). Buckets above the one where the cumulative mass
+    reaches `top_p` are in, those below are out, and only that edge bucket is sorted. This costs
+    a few passes over the vocabulary even for flat distributions, where the nucleus holds most
+    of the vocabulary and a sort would dominate a decoding step on CPU.
+    """
+    rows = torch.arange(probs.shape[0], device=probs.device)
+    top1 = probs.argmax(-1)
+    if top_p >= 1.0:
+        return torch.ones_like(probs, dtype=torch.bool)
+    if top_p <= 0.0:
+        return torch.zeros_like(probs, dtype=torch.bool).index_put_((rows, top1), rows >= 0)
+    log_p = probs.log()
+    depth = (log_p.amax(-1, keepdim=True) - log_p) * (_BUCKETS / _BUCKET_SPAN)
+    bucket = depth.clamp(max=_BUCKETS - 1).long()  # 0 holds the most likely tokens
+    exact = probs.double()  # masses in float64: no rounding trouble near top_p = 1
+    mass = exact.new_zeros(probs.shape[0], _BUCKETS).scatter_add_(1, bucket, exact)
+    before = F.pad(mass.cumsum(-1)[:, :-1], (1, 0))  # mass of all more likely buckets
+    crossing = (before < top_p) & (before + mass >= top_p)
+    # the edge bucket (none when the total mass stays below top_p: every token is in)
+    edge = torch.where(crossing.any(-1), crossing.int().argmax(-1), _BUCKETS)[:, None]
+    mask = bucket < edge
+    in_edge = bucket == edge
+    width = int(in_edge.sum(-1).max())
+    if width:
+        # the edge bucket's tokens, most likely first (padded with -1 where a row has fewer)
+        vals, idx = torch.where(in_edge, probs, -1.0).topk(width, dim=-1)
+        ours = vals >= 0
+        vals = torch.where(ours, exact.gather(1, idx), 0.0)
+        start = before.gather(1, edge.clamp(max=_BUCKETS - 1))
+        mass_before = start + F.pad(vals.cumsum(-1)[:, :-1], (1, 0))
+        keep = ((mass_before < top_p) & ours) | mask.gather(1, idx)
+        mask.scatter_(1, idx, keep)
+    mask[rows, top1] = True  # never empty
+    return mask
+
+
+def dac_kl(p_logits: Tensor, q_logits: Tensor, top_p: float, batchmean: bool = False) -> Tensor:
+    """KL(p || q) restricted to the union of both top-p nuclei, both renormalised there: (B,).
+
+    With `batchmean` the KL is divided by the size of that union.
+    """
+    if p_logits.shape != q_logits.shape:
+        raise ValueError(
+            f"p and q logits differ in shape: {tuple(p_logits.shape)} vs {tuple(q_logits.shape)}"
+        )
+    if not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"top_p must be in [0, 1], got {top_p}")
+    log_p, log_q = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)
+    # Floored before exp: below e^-80 exp gives denormal floats, ~50x slower on CPU. Such tokens
+    # hold < 1e-30 of the mass, so no nucleus, mass or KL changes in float32.
+    p, q = log_p.clamp(min=_LOG_FLOOR).exp(), log_q.clamp(min=_LOG_FLOOR).exp()
+    union = nucleus_mask(p, top_p) | nucleus_mask(q, top_p)
+    zero = torch.zeros((), device=p.device)
+    mass_p = torch.where(union, p, zero).sum(-1)
+    mass_q = torch.where(union, q, zero).sum(-1)
+    # renormalised on U: p_U = p / mass_p, q_U = q / mass_q, so
+    # KL(p_U || q_U) = sum_U p (log p - log q) / mass_p - log mass_p + log mass_q
+    support = union & (log_p > float("-inf"))  # 0 log 0 = 0
+    cross = torch.where(support, p * (log_p - log_q), zero).sum(-1)
+    kl = cross / mass_p - mass_p.log() + mass_q.log()
+    if batchmean:
+        kl = kl / union.sum(-1)
+    return kl
+
+
+def clip_alpha(kl: Tensor, alpha_max: float) -> Tensor:
+    """``clip(kl, 0, alpha_max)``; a negative `alpha_max` gives ``-clip(kl, 0, |alpha_max|)``."""
+    bound = abs(float(alpha_max))
+    return kl.clamp(0.0, bound) * (-1.0 if alpha_max < 0 else 1.0)
+
+
+def dac_alpha(
+    p_logits: Tensor,
+    q_logits: Tensor,
+    top_p: float,
+    alpha_max: float,
+    batchmean: bool = False,
+) -> Tensor:
+    """DAC's strength per row: ``clip(KL(p || q) on U, 0, alpha_max)``, shape (B,).
+
+    Args:
+        p_logits: (B, V) unsteered next-token logits.
+        q_logits: (B, V) next-token logits steered at `alpha_max`.
+        top_p: nucleus mass; U is the union of the nuclei of ``softmax(p)`` and ``softmax(q)``.
+        alpha_max: the upper clip (the sign is kept for a negative value).
+        batchmean: divide the KL by ``|U|`` (the reference code's ``batchmean``).
+    """
+    return clip_alpha(dac_kl(p_logits, q_logits, top_p, batchmean), alpha_max)
+
+
+# ---- generation -----------------------------------------------------------------------------
+
+
+@dataclass
+class DACGeneration(Generation):
+    """`Generation` plus the strength DAC chose at every step."""
+
+    alphas: Tensor
+    """(B, T_new) float32 on the CPU: alpha_t per row and step; NaN once a row has finished."""
+    kls: Tensor
+    """(B, T_new) float32 on the CPU: the KL on U before clipping; NaN once a row has finished."""
+
+    def step_stats(self) -> dict[str, Tensor]:
+        """Per-step ``mean`` / ``min`` / ``max`` of alpha_t over the rows still generating.
+
+        Each is a (T_new,) tensor (every step has at least one live row).
+        """
+        live = ~self.alphas.isnan()
+        inf = torch.tensor(float("inf"))
+        return {
+            "mean": self.alphas.nanmean(0),
+            "min": torch.where(live, self.alphas, inf).amin(0),
+            "max": torch.where(live, self.alphas, -inf).amax(0),
+        }
+
+
+def _position_ids(mask: Tensor) -> Tensor:
+    """Position ids from a 2D mask, as ``generate`` makes them (pads get 0)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+class _Forward:
+    """One cached forward of a chunk of tokens, with the inputs ``generate`` would pass."""
+
+    def __init__(self, model: nn.Module, padded: bool) -> None:
+        params = inspect.signature(model.forward).parameters
+        self.model = model
+        self.padded = padded  # generate drops an all-ones mask; so do we (same kernels)
+        self.position_ids = "position_ids" in params
+        self.logits_to_keep = "logits_to_keep" in params
+
+    def __call__(self, ids: Tensor, mask: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        kwargs: dict[str, Any] = {"input_ids": ids, "cache": cache, "use_cache": True}
+        if self.padded:
+            kwargs["attention_mask"] = mask
+        if self.position_ids:
+            kwargs["position_ids"] = _position_ids(mask)[:, -ids.shape[1] :]
+        if self.logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(**kwargs)
+        return out.logits[:, -1].float(), out.cache
+
+
+def _vector_table(vector: Tensor | None, step_vectors: Tensor | None) -> Tensor:
+    """(S, H): the vector of step t is row ``min(t, S - 1)``."""
+    if (vector is None) == (step_vectors is None):
+        raise ValueError("pass exactly one of `vector` (H,) and `step_vectors` (T + 1, H)")
+    table = vector[None] if step_vectors is None else step_vectors
+    if table.ndim != 2 or table.shape[0] < 1:
+        raise ValueError(
+            "the steering vector must be (H,) and step_vectors (T + 1, H), got "
+            f"{tuple((vector if step_vectors is None else step_vectors).shape)}"
+        )
+    return table.detach()
+
+
+@torch.no_grad()
+def dac_generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    layer: int,
+    vector: Tensor | None,
+    settings: GenerationSettings | None = None,
+    stop_strings: Sequence[str] = (),
+    *,
+    top_p: float = 0.9,
+    alpha_max: float = 2.0,
+    batchmean: bool = False,
+    positions: Positions = "prompt_end+generated",
+    step_vectors: Tensor | None = None,
+) -> DACGeneration:
+    """Generate a left-padded batch with DAC steering (three KV caches, see the module doc).
+
+    Args:
+        model: the causal LM (frozen, eval mode).
+        tokenizer: pad/EOS ids, stop-string matching and decoding.
+        input_ids: (B, P) left-padded prompt ids; attention_mask: (B, P), 0 on pads.
+        layer: decoder layer whose output is steered (negative counts from the end).
+        vector: (H,) steering vector, or None when `step_vectors` is given.
+        settings: decoding (greedy by default; sampling draws from the applied distribution).
+        stop_strings: a row stops once its text contains one; texts are cut there.
+        top_p: DAC's nucleus mass for U (not the sampling `settings.top_p`).
+        alpha_max: the probe strength and the clip of alpha_t.
+        batchmean: divide the KL by ``|U|``.
+        positions: which positions are steered (see `steerlight.model.hooks`).
+        step_vectors: (S, H) per-step vectors, row ``min(t, S - 1)`` at step t (`icl_step_vectors`).
+    """
+    settings = settings or GenerationSettings()
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            "input_ids and attention_mask must both be (batch, length); got "
+            f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
+        )
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("the batch must be left-padded (a row ends in padding)")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"top_p must be in [0, 1], got {top_p}")
+    vectors = _vector_table(vector, step_vectors)
+
+    batch, prompt_len = input_ids.shape
+    device = input_ids.device
+    eos_ids = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    forward = _Forward(model, padded=not bool(attention_mask.all()))
+    warpers: list[Any] = []
+    generator = None
+    if settings.do_sample:
+        if settings.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(settings.top_p))
+        generator = torch.Generator(device=device).manual_seed(settings.seed)
+
+    pq_alpha = torch.tensor([0.0, float(alpha_max)], device=device).repeat(batch)
+    mask = attention_mask
+    mask_pq = attention_mask.repeat_interleave(2, dim=0)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    tokens: list[Tensor] = []
+    alphas: list[Tensor] = []
+    kls: list[Tensor] = []
+    rows: list[list[int]] = [[] for _ in range(batch)]
+
+    with steer(model, layer, vectors[0], 0.0, positions, prompt_len=prompt_len) as steering:
+        shared_prefix = positions != "all" and prompt_len > 1
+        if shared_prefix:  # unsteered columns: one B-row pass, shared by the three streams
+            _, cache_pq = forward(input_ids[:, :-1], mask[:, :-1], None)
+            cache_a = copy.deepcopy(cache_pq)
+            cache_pq.batch_repeat_interleave(2)
+            fed = input_ids[:, -1:]
+        else:
+            cache_pq = cache_a = None
+            fed = input_ids
+
+        for t in range(settings.max_new_tokens):
+            steering.vector = vectors[min(t, vectors.shape[0] - 1)]
+            steering.alpha = pq_alpha
+            logits_pq, cache_pq = forward(fed.repeat_interleave(2, dim=0), mask_pq, cache_pq)
+            p_logits, q_logits = logits_pq.view(batch, 2, -1).unbind(1)
+            kl = dac_kl(p_logits, q_logits, top_p, batchmean)
+            alpha = clip_alpha(kl, alpha_max)
+
+            steering.alpha = alpha
+            logits, cache_a = forward(fed, mask, cache_a)
+            for warp in warpers:
+                logits = warp(None, logits)
+            if generator is not None:
+                probs = logits.softmax(-1)
+                nxt = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+            else:
+                nxt = logits.argmax(-1)
+            nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad_id))
+
+            nan = torch.full_like(kl, float("nan"))
+            alphas.append(torch.where(unfinished, alpha, nan))
+            kls.append(torch.where(unfinished, kl, nan))
+            tokens.append(nxt)
+            unfinished &= ~torch.isin(nxt, eos)
+            if stop_strings:
+                _stop_on_strings(tokenizer, nxt, rows, unfinished, stop_strings)
+            if not bool(unfinished.any()):
+                break
+
+            fed = nxt[:, None]
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+            mask_pq = torch.cat([mask_pq, mask_pq.new_ones(2 * batch, 1)], dim=1)
+
+    out = torch.stack(tokens, dim=1)
+    texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+    if stop_strings:
+        texts = [cut_at_stop(text, stop_strings) for text in texts]
+    return DACGeneration(
+        tokens=out,
+        texts=texts,
+        alphas=torch.stack(alphas, dim=1).cpu(),
+        kls=torch.stack(kls, dim=1).cpu(),
+    )
+
+
+def _stop_on_strings(
+    tokenizer: PreTrainedTokenizerBase,
+    nxt: Tensor,
+    rows: list[list[int]],
+    unfinished: Tensor,
+    stop_strings: Sequence[str],
+) -> None:
+    """Mark rows whose text now contains a stop string as finished (in place)."""
+    live = unfinished.tolist()
+    for i, tok in enumerate(nxt.tolist()):
+        rows[i].append(tok)
+        if live[i]:
+            text = tokenizer.decode(rows[i], skip_special_tokens=True)
+            if any(s and s in text for s in stop_strings):
+                unfinished[i] = False
+
+
+# ---- DAC's own vector source ----------------------------------------------------------------
+
+
+LayerChoice = int | Sequence[int] | Literal["all"]
+
+
+def _layer_indices(model: nn.Module, layer_or_all: LayerChoice) -> list[int]:
+    if isinstance(layer_or_all, str):
+        if layer_or_all != "all":
+            raise ValueError(
+                f"layer_or_all must be an int, a list of ints or 'all', got {layer_or_all!r}"
+            )
+        return list(range(len(decoder_layers(model))))
+    if isinstance(layer_or_all, Sequence):
+        return [resolve_layer(model, i) for i in layer_or_all]
+    return [resolve_layer(model, layer_or_all)]
+
+
+def _read_columns(
+    model: nn.Module, layers: list[int], ids: Tensor, mask: Tensor, cols: Tensor
+) -> Tensor:
+    """One forward; the outputs of `layers` at columns `cols` (b, n) of each row: (b, n, L, H)."""
+    blocks = decoder_layers(model)
+    index = cols[..., None]
+    got: dict[int, Tensor] = {}
+
+    def make_hook(j: int):
+        def hook(_module, _args, output):
+            h = output[0] if isinstance(output, (tuple, list)) else output
+            got[j] = h.float().gather(1, index.expand(-1, -1, h.shape[-1]))
+
+        return hook
+
+    handles = [blocks[i].register_forward_hook(make_hook(j)) for j, i in enumerate(layers)]
+    try:
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack([got[j] for j in range(len(layers))], dim=2)
+
+
+@torch.no_grad()
+def _continuation_acts(
+    model: nn.Module,
+    prompt_ids: list[list[int]],
+    cont_ids: list[list[int]],
+    layers: list[int],
+    pad_id: int,
+    batch_size: int,
+) -> list[Tensor]:
+    """Per example (n_i, L, H) fp32: the layers' outputs at the columns predicting each of its
+    n_i continuation tokens (last prompt token, then continuation tokens 0 .. n_i - 2)."""
+    device = next(model.parameters()).device
+    out: list[Tensor] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        chunk = slice(start, start + batch_size)
+        seqs = [p + c for p, c in zip(prompt_ids[chunk], cont_ids[chunk], strict=True)]
+        steps = [len(c) for c in cont_ids[chunk]]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):  # right padding: real tokens never see the pads
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        first = torch.tensor([len(s) - n - 1 for s, n in zip(seqs, steps, strict=True)])
+        cols = (first[:, None] + torch.arange(max(steps))[None]).clamp(max=width - 1)
+        acts = _read_columns(model, layers, ids.to(device), mask.to(device), cols.to(device))
+        out += [acts[i, :n].cpu() for i, n in enumerate(steps)]
+    return out
+
+
+@torch.no_grad()
+def icl_step_vectors(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts_icl: Sequence[str],
+    prompts_zero: Sequence[str],
+    continuations: Sequence[str],
+    layer_or_all: LayerChoice = "all",
+    T: int = 8,
+    *,
+    batch_size: int = 8,
+) -> Tensor:
+    """DAC's vectors: in-context prompt minus zero-shot prompt, step by step: (T + 1, L, H) fp32.
+
+    Each example is a prompt pair sharing one continuation (e.g. the model's own in-context
+    answer). Entry ``t < T`` is the mean over examples of ``h(icl + continuation) -
+    h(zero + continuation)`` at the column that predicts continuation token ``t`` (the last
+    prompt token for ``t = 0``, continuation token ``t - 1`` after) - the column `dac_generate`
+    steers with vector t. Entry ``T`` is the mean over every later column of every example.
+    ``L`` is one layer for an int, else the listed layers (or all of them) in order.
+    """
+    n = len(prompts_icl)
+    if n == 0 or len(prompts_zero) != n or len(continuations) != n:
+        raise ValueError(
+            "need as many in-context prompts, zero-shot prompts and continuations (at least one); "
+            f"got {n}, {len(prompts_zero)} and {len(continuations)}"
+        )
+    if T < 0:
+        raise ValueError(f"T must be >= 0, got {T}")
+    layers = _layer_indices(model, layer_or_all)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    cont_ids = [tokenizer(c, add_special_tokens=False).input_ids for c in continuations]
+    for i, c in enumerate(cont_ids):
+        if not c:
+            raise ValueError(f"continuation {i} is empty")
+
+    def ids(prompts: Sequence[str]) -> list[list[int]]:
+        return [tokenizer(p).input_ids for p in prompts]
+
+    icl = _continuation_acts(model, ids(prompts_icl), cont_ids, layers, pad_id, batch_size)
+    zero = _continuation_acts(model, ids(prompts_zero), cont_ids, layers, pad_id, batch_size)
+    sums = torch.zeros(T + 1, *icl[0].shape[1:])
+    counts = torch.zeros(T + 1)
+    for a, b in zip(icl, zero, strict=True):
+        diff = a - b
+        k = min(len(diff), T)
+        sums[:k] += diff[:k]
+        counts[:k] += 1
+        if len(diff) > T:
+            sums[T] += diff[T:].sum(0)
+            counts[T] += len(diff) - T
+    if bool((counts == 0).any()):
+        missing = int((counts == 0).nonzero()[0])
+        raise ValueError(
+            f"no continuation is long enough for step {missing} (T={T}); "
+            "use a smaller T or longer continuations"
+        )
+    return sums / counts[:, None, None]

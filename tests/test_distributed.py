@@ -1,0 +1,57 @@
+"""Validation and test under DDP (2 CPU processes, gloo) count every question exactly once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+
+from steerlight.data.datamodule import GSM8KDataModule
+from steerlight.module import SteeredLM
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_random_root, tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("ddp") / "llama"
+    shutil.copytree(tiny_random_root / "llama", dest)
+    for f in (tiny_random_root / "tokenizer").iterdir():
+        shutil.copy(f, dest / f.name)
+    return dest
+
+
+def evaluate(model_dir: Path, tmp_path: Path, devices: int) -> dict[str, float]:
+    dm = GSM8KDataModule(
+        source="synthetic",
+        tokenizer=str(model_dir),
+        synthetic_train_size=60,
+        synthetic_test_size=7,  # odd: a padding sampler would repeat a question
+        val_size=5,
+        n_shots=0,
+        batch_size=2,
+    )
+    module = SteeredLM(model_name_or_path=str(model_dir), method="none", max_new_tokens=4)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
+    val = trainer.validate(module, dm)[0]
+    test = trainer.test(module, dm)[0]
+    return {**val, **test}
+
+
+def test_ddp_counts_each_question_once(llama, tmp_path):
+    single = evaluate(llama, tmp_path / "one", devices=1)
+    double = evaluate(llama, tmp_path / "two", devices=2)
+    assert single["val/questions"] == double["val/questions"] == 5
+    assert single["test/questions"] == double["test/questions"] == 7
+    for key in ("val/acc_strict", "val/acc_flexible", "test/acc_strict", "test/acc_flexible"):
+        assert single[key] == double[key], key
+    lines = (tmp_path / "two" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 7, "the verdict gathers every rank's questions, without repeats"
