@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import random
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,11 +24,13 @@ from steerlight.model.hooks import Positions, steer
 from steerlight.model.layers import resolve_layer
 from steerlight.model.loading import DType, load_model, load_tokenizer, weights_fingerprint
 from steerlight.steering.caa import Normalization, corrupt_solution, mean_difference, scale_vectors
+from steerlight.steering.dac import dac_generate, icl_step_vectors
 from steerlight.steering.probes import fit_probes
 
 log = logging.getLogger(__name__)
 
-Method = Literal["none", "caa"]
+Method = Literal["none", "caa", "dac"]
+DACVectors = Literal["caa", "icl"]
 Pairs = Literal["corrupted", "on_policy"]
 STAGES = ("val", "test")
 
@@ -64,6 +65,12 @@ class SteeredLM(pl.LightningModule):
         normalization: Normalization = "mean_norm",
         pairs: Pairs = "corrupted",
         read_position: ReadPosition = "mean",
+        dac_top_p: float = 0.9,
+        dac_alpha_max: float = 2.0,
+        dac_batchmean: bool = False,
+        dac_vectors: DACVectors = "caa",
+        dac_steps: int = 8,
+        dac_icl_examples: int = 64,
         max_new_tokens: int = 256,
         do_sample: bool = False,
         temperature: float = 1.0,
@@ -80,7 +87,8 @@ class SteeredLM(pl.LightningModule):
             dtype: Weights dtype; ``bfloat16`` on a GPU, ``float32`` on a CPU.
             trust_remote_code: Allow model code from the Hub (off unless you trust the model).
             preset: Prompt preset (linked from ``data.preset``): sets stop strings and answer form.
-            method: ``caa`` adds ``alpha * v`` after ``layer``; ``none`` is the unsteered model.
+            method: ``caa`` adds ``alpha * v`` after ``layer``; ``dac`` chooses the strength per
+                token and row (Dynamic Activation Composition); ``none`` is the unsteered model.
             layer: Decoder layer to steer (negative counts from the end), or ``auto`` for the
                 layer whose probe separates good from bad solutions best.
             alpha: Steering strength; 0 reproduces the unsteered model exactly.
@@ -91,6 +99,14 @@ class SteeredLM(pl.LightningModule):
             pairs: ``corrupted``: gold solution vs. the same with consistently altered numbers;
                 ``on_policy``: the model's own train generations, labelled by correctness.
             read_position: Where activations are read: ``mean`` over solution tokens or ``last``.
+            dac_top_p: DAC: nucleus mass of the token sets whose KL sets the strength.
+            dac_alpha_max: DAC: the largest strength (the probe strength); 0 is unsteered.
+            dac_batchmean: DAC: divide the KL by the nucleus size, as the reference code does.
+            dac_vectors: DAC: ``caa`` uses the CAA vector; ``icl`` uses DAC's own per-step
+                vectors, in-context prompt minus zero-shot prompt (needs ``data.n_shots`` > 0).
+            dac_steps: DAC with ``icl`` vectors: one vector for each of the first N generated
+                tokens, then their mean over the rest.
+            dac_icl_examples: DAC with ``icl`` vectors: train examples they are averaged over.
             max_new_tokens: Generation length limit.
             do_sample: Sample instead of greedy decoding (greedy is deterministic).
             temperature: Sampling temperature.
@@ -100,8 +116,11 @@ class SteeredLM(pl.LightningModule):
             log_samples: Sample generations per stage written to TensorBoard.
         """
         super().__init__()
-        if not math.isfinite(alpha):
-            raise SteerlightError(f"alpha={alpha} is not a finite number")
+        for name, value in (("alpha", alpha), ("dac_alpha_max", dac_alpha_max)):
+            if not math.isfinite(value):
+                raise SteerlightError(f"{name}={value} is not a finite number")
+        if not 0 < dac_top_p <= 1:
+            raise SteerlightError(f"dac_top_p={dac_top_p} is invalid: use a value in (0, 1]")
         if layer != "auto" and not isinstance(layer, int):
             raise SteerlightError(f"layer={layer!r} is invalid: use an integer or 'auto'")
         self.save_hyperparameters()
@@ -134,6 +153,7 @@ class SteeredLM(pl.LightningModule):
         self.records: list[dict[str, Any]] = []  # per-question test outcomes, both models
         self.generation_memo: dict | None = None  # shared by a search's trials
         self.generated_tokens = 0
+        self._dac_alphas: list[Tensor] = []  # DAC's alpha_t per row and step, this epoch
         self.strict_loading = False  # checkpoints leave out the frozen base weights
         self.automatic_optimization = False
 
@@ -166,7 +186,10 @@ class SteeredLM(pl.LightningModule):
 
     @property
     def steers(self) -> bool:
-        return self.hparams.method != "none" and self.hparams.alpha != 0
+        """Whether generation differs from the unsteered model at all."""
+        hp = self.hparams
+        strength = hp.dac_alpha_max if hp.method == "dac" else hp.alpha
+        return hp.method != "none" and strength != 0
 
     def steering_vector(self) -> Tensor:
         if "vectors" not in self.steering:
@@ -202,6 +225,16 @@ class SteeredLM(pl.LightningModule):
             key["generation"] = vars(self.settings)
         return key
 
+    def _state_key(self, key: dict[str, Any]) -> dict[str, Any]:
+        """The fitted steering state's cache key: the activations' key plus what else it uses."""
+        hp = self.hparams
+        icl = hp.method == "dac" and hp.dac_vectors == "icl"
+        return {
+            **key,
+            "kind": "steering",
+            "icl": [hp.dac_steps, hp.dac_icl_examples] if icl else None,
+        }
+
     def _cache(self) -> ActivationCache:
         return ActivationCache(self.hparams.cache_dir or default_cache_dir())
 
@@ -212,7 +245,7 @@ class SteeredLM(pl.LightningModule):
             self._collect = False  # later epochs of a multi-round fit
             return
         cache = self._cache()
-        state = cache.load({**key, "kind": "steering"})
+        state = cache.load(self._state_key(key))
         if state is not None:
             self._set_steering(state, key)
             self._collect = False
@@ -299,10 +332,30 @@ class SteeredLM(pl.LightningModule):
             "probe_weight": probes.weight,
             "probe_bias": probes.bias,
         }
+        if self._state_key(key)["icl"]:
+            state["icl_vectors"] = self._icl_vectors()
         if self.trainer.is_global_zero:
-            cache.save({**key, "kind": "steering"}, state)
+            cache.save(self._state_key(key), state)
         self._set_steering(state, key)
         log.info("fitted CAA vectors on %d examples; probe-best layer %d", len(labels), self.layer)
+
+    def _icl_vectors(self) -> Tensor:
+        """DAC's own vectors from train examples: few-shot prompt minus zero-shot prompt."""
+        dm, hp = self.trainer.datamodule, self.hparams
+        rows = dm.splits["train"][: hp.dac_icl_examples]
+        if not dm.exemplars:
+            raise SteerlightError(
+                "dac_vectors=icl needs in-context exemplars: set data.n_shots > 0"
+            )
+        return icl_step_vectors(
+            self.model,
+            self.tokenizer,
+            [r["prompt"] for r in rows],
+            [self.preset.render(r["question"], (), self.tokenizer) for r in rows],
+            [self.preset.continuation(r["answer"]) for r in rows],
+            "all",
+            T=hp.dac_steps,
+        )
 
     def _set_steering(self, state: dict[str, Tensor], key: dict[str, Any]) -> None:
         self.steering, self._fitted_key = dict(state), key
@@ -335,7 +388,7 @@ class SteeredLM(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """The steered model and the unsteered baseline on the same questions (paired)."""
         steered = self.generate_batch(batch).texts
-        baseline = self.generate_batch(batch, alpha=0.0).texts if self.steers else steered
+        baseline = self.generate_batch(batch, steered=False).texts if self.steers else steered
         self._score(batch, steered, "test")
         self._score(batch, baseline, "test_baseline")
         for i, ex_id in enumerate(batch["ids"]):
@@ -349,41 +402,72 @@ class SteeredLM(pl.LightningModule):
                     record[f"{name}_correct_{mode}"] = is_correct(pred, gold)
             self.records.append(record)
 
-    def generate_batch(self, batch: dict[str, Any], alpha: float | Tensor | None = None):
-        """Generate completions for a batch, steered with the module's settings (or `alpha`)."""
-        alpha = self.hparams.alpha if alpha is None else alpha
-        active = self.hparams.method != "none" and bool(torch.as_tensor(alpha).ne(0).any())
+    def generate_batch(self, batch: dict[str, Any], steered: bool = True):
+        """Generate completions for a batch, steered as configured (or not at all)."""
+        hp = self.hparams
+        args = (self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"])
         memo_key = None
-        if not active and self.generation_memo is not None:
-            # Unsteered generations do not depend on the trial: a search computes them once.
-            memo_key = (self.fingerprint, tuple(batch["ids"]), self.preset.name, str(self.settings))
-            if memo_key in self.generation_memo:
-                return self.generation_memo[memo_key]
-        ctx = (
-            steer(
-                self.model,
+        if not (steered and self.steers):
+            if self.generation_memo is not None:
+                # Unsteered generations do not depend on the trial: a search makes them once.
+                memo_key = (self.fingerprint, tuple(batch["ids"]), hp.preset, str(self.settings))
+                if memo_key in self.generation_memo:
+                    return self.generation_memo[memo_key]
+            gen = generate(*args, self.settings, stop_strings=self.preset.stop)
+        elif hp.method == "dac":
+            gen = dac_generate(
+                *args,
                 self.layer,
-                self.steering_vector(),
-                alpha,
-                positions=self.hparams.positions,
-                prompt_len=batch["input_ids"].shape[1],
-            )
-            if active
-            else nullcontext()
-        )
-        with ctx:
-            gen = generate(
-                self.model,
-                self.tokenizer,
-                batch["input_ids"],
-                batch["attention_mask"],
+                None if hp.dac_vectors == "icl" else self.steering_vector(),
                 self.settings,
-                stop_strings=self.preset.stop,
+                self.preset.stop,
+                top_p=hp.dac_top_p,
+                alpha_max=hp.dac_alpha_max,
+                batchmean=hp.dac_batchmean,
+                positions=hp.positions,
+                step_vectors=self.step_vectors() if hp.dac_vectors == "icl" else None,
             )
+            self._dac_alphas.append(gen.alphas)
+        else:
+            width = batch["input_ids"].shape[1]
+            vector = self.steering_vector()
+            with steer(self.model, self.layer, vector, hp.alpha, hp.positions, prompt_len=width):
+                gen = generate(*args, self.settings, stop_strings=self.preset.stop)
         self.generated_tokens += int((gen.tokens != self.tokenizer.pad_token_id).sum())
         if memo_key is not None:
             self.generation_memo[memo_key] = gen
         return gen
+
+    def step_vectors(self) -> Tensor:
+        """DAC's per-step in-context vectors at the steered layer, scaled like CAA's: (T+1, H)."""
+        if "icl_vectors" not in self.steering:
+            raise SteerlightError("dac_vectors=icl needs the in-context vectors: run fit first")
+        layer = self.layer
+        return scale_vectors(
+            self.steering["icl_vectors"][:, layer],
+            self.hparams.normalization,
+            self.steering["act_norm"][layer],
+        )
+
+    def _log_dac(self, stage: str) -> None:
+        """Per-step alpha_t mean/min/max over the epoch's rows (NaN once a row finished)."""
+        alphas, self._dac_alphas = self._dac_alphas, []
+        writer = self._tensorboard()
+        if not alphas or writer is None:
+            return
+        width = max(a.shape[1] for a in alphas)
+        pad = [
+            torch.nn.functional.pad(a, (0, width - a.shape[1]), value=float("nan")) for a in alphas
+        ]
+        table = torch.cat(pad)
+        live = ~table.isnan()
+        for t in range(width):
+            column = table[live[:, t], t]
+            if len(column):
+                stats = {"mean": column.mean(), "min": column.min(), "max": column.max()}
+                writer.add_scalars(
+                    f"{stage}/dac_alpha_by_step", {k: float(v) for k, v in stats.items()}, t
+                )
 
     def _correct(self, text: str, gold: str, mode: str) -> bool:
         return is_correct(extract(text, mode, self.preset.answer_form), gold)
@@ -457,6 +541,7 @@ class SteeredLM(pl.LightningModule):
         total = self.metrics[f"{stage}_strict"].total.float()  # this rank's count
         self.log(f"{stage}/questions", total, sync_dist=True, reduce_fx="sum")
         self._log_samples(stage)
+        self._log_dac(stage)
         self.log_hparams_with({f"{stage}/acc": float(values["strict"])})
 
     def log_hparams_with(self, metrics: dict[str, float]) -> None:

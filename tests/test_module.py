@@ -241,3 +241,34 @@ def assert_tensorboard_review(log_dir: Path) -> None:
     assert "val/acc" in metric_tags, "the HPARAMS tab needs real metric columns"
     hparam_names = {h.name for h in experiment.experiment.hparam_infos}
     assert {"alpha", "layer", "method"} <= hparam_names
+
+
+def test_dac_through_the_module(llama, tmp_path):
+    dm = datamodule(llama)
+    runs = {}
+    for name, kw in {
+        "none": {"method": "none"},
+        "dac0": {"method": "dac", "dac_alpha_max": 0.0},
+        "dac": {"method": "dac", "dac_alpha_max": 8.0},
+    }.items():
+        module = steered(llama, tmp_path, log_samples=100, **kw)
+        trainer(tmp_path, logger=False).fit(module, dm)
+        runs[name] = completions(module)
+    assert runs["dac0"] == runs["none"]
+    assert runs["dac"] != runs["none"]
+
+
+def test_dac_in_context_vectors(llama, tmp_path):
+    module = steered(
+        llama, tmp_path, method="dac", dac_vectors="icl", dac_steps=3, dac_alpha_max=8.0
+    )
+    trainer(tmp_path, logger=False).fit(module, datamodule(llama, n_shots=1, limit_train=4))
+    vectors = module.steering["icl_vectors"]
+    config = module.model.config
+    assert vectors.shape == (4, config.num_hidden_layers, config.hidden_size)
+    assert module.step_vectors().shape == (4, config.hidden_size)
+    with pytest.raises(SteerlightError, match="needs in-context exemplars"):
+        trainer(tmp_path, logger=False).fit(
+            steered(llama, tmp_path, method="dac", dac_vectors="icl", dac_steps=2),
+            datamodule(llama, n_shots=0),
+        )
