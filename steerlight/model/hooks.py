@@ -63,14 +63,6 @@ def _as_alpha(alpha: float | Tensor) -> Tensor:
     return a
 
 
-def _version(t: Tensor) -> int | None:
-    """The tensor's in-place version counter (None for inference tensors, which have none)."""
-    try:
-        return t._version
-    except RuntimeError:
-        return None
-
-
 def _cache_length(cache: Any) -> int:
     """Tokens already held by a KV cache (0 without one)."""
     if cache is None:
@@ -81,24 +73,6 @@ def _cache_length(cache: Any) -> int:
     if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:  # legacy tuples
         return int(cache[0][0].shape[-2])
     return 0
-
-
-class _CastCache:
-    """`src` cast to the dtype/device of an activation, kept per (dtype, device).
-
-    Recast only when `src` is replaced or edited in place (its version counter moves).
-    """
-
-    def __init__(self) -> None:
-        self.entries: dict[tuple[torch.dtype, torch.device], tuple[Tensor, int | None, Tensor]] = {}
-
-    def get(self, src: Tensor, like: Tensor) -> Tensor:
-        key = (like.dtype, like.device)
-        ver = _version(src)
-        hit = self.entries.get(key)
-        if hit is None or hit[0] is not src or ver is None or hit[1] != ver:
-            hit = self.entries[key] = (src, ver, src.to(device=like.device, dtype=like.dtype))
-        return hit[2]
 
 
 class _ArgReader:
@@ -159,9 +133,6 @@ class Steering:
         self.positions: Positions = positions
         self.prompt_len = prompt_len
         self.alpha = alpha  # type: ignore[assignment]  (the setter normalises it)
-        self._vector_cache = _CastCache()
-        self._alpha_cache = _CastCache()
-        self._zero_cache: tuple[Tensor, int | None, bool] | None = None
         # Set by the model pre-hook for the forward in flight: (first column, T, valid mask or None)
         self._chunk: tuple[int, int, Tensor | None] | None = None
 
@@ -184,15 +155,9 @@ class Steering:
         return self.prompt_len - (1 if self.positions == "prompt_end+generated" else 0)
 
     def _alpha_is_zero(self) -> bool:
-        """True when every strength is 0, checked only for CPU alphas (no device sync)."""
+        """True when every strength is 0; only asked of CPU alphas, so it never syncs a device."""
         a = self._alpha
-        if a.device.type != "cpu":
-            return False  # adding 0 * v is exact anyway; don't sync to find out
-        ver = _version(a)
-        c = self._zero_cache
-        if c is None or c[0] is not a or ver is None or c[1] != ver:
-            c = self._zero_cache = (a, ver, bool((a == 0).all()))
-        return c[2]
+        return a.device.type == "cpu" and bool((a == 0).all())
 
     # ---- hooks ----------------------------------------------------------------------------
     def _make_model_pre_hook(self, model: nn.Module):
@@ -255,13 +220,13 @@ class Steering:
         if start + t <= first or self._alpha_is_zero():
             return None  # nothing steered in this chunk: leave the output untouched (bit-exact)
 
-        v = self._vector_cache.get(self.vector, h)
+        v = self.vector.to(h)  # no-ops once the dtype and device match
         if v.shape[0] != h.shape[-1]:
             raise ValueError(
                 f"steering vector has size {v.shape[0]} but layer {self.layer}'s hidden size "
                 f"is {h.shape[-1]}"
             )
-        a = self._alpha_cache.get(self._alpha, h)
+        a = self._alpha.to(h)
         if a.shape[0] not in (1, h.shape[0]):
             raise ValueError(f"alpha has {a.shape[0]} strengths for a batch of {h.shape[0]} rows")
         scale = a[:, None]  # (B | 1, 1)
