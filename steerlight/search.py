@@ -463,7 +463,7 @@ def make_study(args, study_dir: Path):
     storage = args.storage or f"sqlite:///{study_dir / 'study.db'}"
     sampler = (
         optuna.samplers.TPESampler(
-            seed=args.seed, multivariate=True, n_startup_trials=args.startup_trials
+            seed=args.seed, multivariate=True, group=True, n_startup_trials=args.startup_trials
         )
         if args.sampler == "tpe"
         else optuna.samplers.RandomSampler(seed=args.seed)
