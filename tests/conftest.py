@@ -66,3 +66,15 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_random_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder holding a tiny random Llama and its tokenizer, like a Hub model id."""
+    import shutil
+
+    dest = tmp_path_factory.mktemp("tiny_llama") / "llama"
+    shutil.copytree(tiny_random_root / "llama", dest)
+    for f in (tiny_random_root / "tokenizer").iterdir():
+        shutil.copy(f, dest / f.name)
+    return dest

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -13,12 +12,8 @@ from steerlight.module import SteeredLM
 
 
 @pytest.fixture(scope="module")
-def llama(tiny_random_root, tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("ddp") / "llama"
-    shutil.copytree(tiny_random_root / "llama", dest)
-    for f in (tiny_random_root / "tokenizer").iterdir():
-        shutil.copy(f, dest / f.name)
-    return dest
+def llama(tiny_llama_dir) -> Path:
+    return tiny_llama_dir
 
 
 def evaluate(model_dir: Path, tmp_path: Path, devices: int) -> dict[str, float]:

@@ -26,8 +26,8 @@ def model_dir(tiny_random_root: Path, arch: str, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def llama(tiny_random_root, tmp_path_factory) -> Path:
-    return model_dir(tiny_random_root, "llama", tmp_path_factory.mktemp("m") / "llama")
+def llama(tiny_llama_dir) -> Path:
+    return tiny_llama_dir
 
 
 def datamodule(path: Path, **kw) -> GSM8KDataModule:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,12 +30,8 @@ BASE = {
 
 
 @pytest.fixture(scope="module")
-def llama(tiny_random_root, tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("search") / "llama"
-    shutil.copytree(tiny_random_root / "llama", dest)
-    for f in (tiny_random_root / "tokenizer").iterdir():
-        shutil.copy(f, dest / f.name)
-    return dest
+def llama(tiny_llama_dir) -> Path:
+    return tiny_llama_dir
 
 
 def write_config(tmp_path: Path, model: Path, space: dict) -> Path:

@@ -52,7 +52,7 @@ class Generation:
     """Decoded new tokens (special tokens skipped), each cut at the first stop string."""
 
 
-def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The tokenizer's EOS plus the EOS ids the model's generation config lists (<|eot_id|>...)."""
     ids: list[int] = []
     candidates = [tokenizer.eos_token_id]
@@ -62,6 +62,17 @@ def _eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         if i is not None and int(i) not in ids:
             ids.append(int(i))
     return ids
+
+
+def check_left_padded(input_ids: Tensor, attention_mask: Tensor) -> None:
+    """Raise unless the prompts are a (B, T) batch whose rows all end in a real token."""
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            "input_ids and attention_mask must both be (batch, length); got "
+            f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
+        )
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("the batch must be left-padded (a row ends in padding)")
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
@@ -129,14 +140,8 @@ def generate(
         stop_strings: a row stops once its text contains one of them; texts are cut there.
     """
     settings = settings or GenerationSettings()
-    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            "input_ids and attention_mask must both be (batch, length); got "
-            f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
-        )
-    if bool((attention_mask[:, -1] == 0).any()):
-        raise ValueError("the batch must be left-padded (a row ends in padding)")
-    eos_ids = _eos_ids(model, tokenizer)
+    check_left_padded(input_ids, attention_mask)
+    eos_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     config = _generation_config(settings, pad_id, eos_ids, stop_strings)
     device = input_ids.device

@@ -74,7 +74,13 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from steerlight.model.generation import Generation, GenerationSettings, _eos_ids, cut_at_stop
+from steerlight.model.generation import (
+    Generation,
+    GenerationSettings,
+    check_left_padded,
+    cut_at_stop,
+    stop_token_ids,
+)
 from steerlight.model.hooks import POSITIONS, Positions, steer
 from steerlight.model.layers import decoder_layers, resolve_layer
 
@@ -283,13 +289,7 @@ def dac_generate(
         step_vectors: (S, H) per-step vectors, row ``min(t, S - 1)`` at step t (`icl_step_vectors`).
     """
     settings = settings or GenerationSettings()
-    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            "input_ids and attention_mask must both be (batch, length); got "
-            f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
-        )
-    if bool((attention_mask[:, -1] == 0).any()):
-        raise ValueError("the batch must be left-padded (a row ends in padding)")
+    check_left_padded(input_ids, attention_mask)
     if positions not in POSITIONS:
         raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
     if not 0.0 <= top_p <= 1.0:
@@ -298,7 +298,7 @@ def dac_generate(
 
     batch, prompt_len = input_ids.shape
     device = input_ids.device
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
     forward = _Forward(model, padded=not bool(attention_mask.all()))
