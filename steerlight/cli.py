@@ -129,6 +129,7 @@ def cli_main(
         seed_everything_default=0,
         trainer_defaults={"callbacks": [*callbacks, *extra_callbacks]},
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # nothing is trained
         args=args,
         run=run,
     )
