@@ -273,14 +273,7 @@ class SteeredLM(pl.LightningModule):
         prompt_lens = batch["attention_mask"].sum(1).tolist()
         prompts, answers = batch["prompts"], batch["answers"]
         if self.hparams.pairs == "on_policy":
-            gen = generate(
-                self.model,
-                self.tokenizer,
-                batch["input_ids"],
-                batch["attention_mask"],
-                self.settings,
-                stop_strings=self.preset.stop,
-            )
+            gen = self.generate_batch(batch, steered=False)
             good = [
                 self._correct(t, g, "strict")
                 for t, g in zip(gen.texts, batch["golds"], strict=True)

@@ -272,3 +272,12 @@ def test_dac_in_context_vectors(llama, tmp_path):
             steered(llama, tmp_path, method="dac", dac_vectors="icl", dac_steps=2),
             datamodule(llama, n_shots=0),
         )
+
+
+def test_on_policy_pairs_label_the_models_own_generations(llama, tmp_path):
+    # A random model never solves a problem, so every on-policy example is labelled bad:
+    # steerlight must say so instead of fitting a vector from one class.
+    module = steered(llama, tmp_path, pairs="on_policy")
+    with pytest.raises(SteerlightError, match="train examples are all bad"):
+        trainer(tmp_path, logger=False).fit(module, datamodule(llama, limit_train=4))
+    assert module.generated_tokens > 0, "the labels come from the model's own generations"
