@@ -1,4 +1,4 @@
-"""Atomic file writes: a killed run never leaves a half-written file that a later run trusts."""
+"""Files: the cache home, and atomic writes (a killed run leaves no half-written file behind)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def steerlight_home() -> Path:
+    """Where steerlight keeps caches: ``$STEERLIGHT_HOME``, default ``~/.cache/steerlight``."""
+    return Path(os.environ.get("STEERLIGHT_HOME") or Path.home() / ".cache" / "steerlight")
 
 
 @contextmanager

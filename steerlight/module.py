@@ -18,6 +18,7 @@ from steerlight.activations import ActivationCache, ReadPosition, read_activatio
 from steerlight.answers import extract, is_correct
 from steerlight.data.prompts import PresetName, get_preset
 from steerlight.errors import SteerlightError
+from steerlight.io import steerlight_home
 from steerlight.metrics import ExactMatch
 from steerlight.model.generation import GenerationSettings, generate
 from steerlight.model.hooks import Positions, steer
@@ -33,14 +34,6 @@ Method = Literal["none", "caa", "dac"]
 DACVectors = Literal["caa", "icl"]
 Pairs = Literal["corrupted", "on_policy"]
 STAGES = ("val", "test")
-
-
-def default_cache_dir() -> Path:
-    import os
-
-    return (
-        Path(os.environ.get("STEERLIGHT_HOME", "~/.cache/steerlight")).expanduser() / "activations"
-    )
 
 
 class SteeredLM(pl.LightningModule):
@@ -236,7 +229,7 @@ class SteeredLM(pl.LightningModule):
         }
 
     def _cache(self) -> ActivationCache:
-        return ActivationCache(self.hparams.cache_dir or default_cache_dir())
+        return ActivationCache(self.hparams.cache_dir or steerlight_home() / "activations")
 
     def on_train_epoch_start(self) -> None:
         """Decide what this epoch computes: nothing if the steering state is known already."""

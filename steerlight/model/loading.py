@@ -97,7 +97,10 @@ def weights_fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str
     """A short hash of every parameter's name, shape and an evenly strided sample of its values.
 
     Cheap even for billion-parameter models, yet any retrained or fine-tuned variant differs.
+    Remembered on the (frozen) model, so a search's trials compute it once.
     """
+    if hasattr(model, "_steerlight_fingerprint"):
+        return model._steerlight_fingerprint
     h = hashlib.sha256()
     for name, p in model.state_dict().items():
         flat = p.detach().reshape(-1)
@@ -105,4 +108,5 @@ def weights_fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str
         sample = flat[::step][:samples_per_tensor].to("cpu", torch.float32).contiguous()
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
         h.update(sample.numpy().tobytes())
-    return h.hexdigest()[:16]
+    model._steerlight_fingerprint = h.hexdigest()[:16]
+    return model._steerlight_fingerprint
