@@ -25,38 +25,21 @@ MAX_POS = 256
 INIT = 0.1
 """Larger than the usual 0.02 so random logits are peaked enough for stable greedy ties."""
 
-CORPUS = [
-    "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many "
-    "clips in May. How many clips did Natalia sell altogether in April and May?",
-    "Answer: Natalia sold 48/2 = <<48/2=24>>24 clips in May. Natalia sold 48+24 = <<48+24=72>>72 "
-    "clips altogether in April and May.\n#### 72",
-    "Question: Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of "
-    "babysitting. How much did she earn?",
-    "Answer: Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute. Working 50 minutes, she earned "
-    "0.2 x 50 = $<<0.2*50=10>>10.\n#### 10",
-    "Question: Betty is saving money for a new wallet which costs $100. Betty has only half of "
-    "the money she needs. Her parents decided to give her $15 for that purpose, and her "
-    "grandparents twice as much as her parents. How much more money does Betty need to buy the "
-    "wallet?",
-    "Answer: In the beginning, Betty has only 100 / 2 = $<<100/2=50>>50. Betty's grandparents "
-    "gave her 15 * 2 = $<<15*2=30>>30. This means, Betty needs 100 - 50 - 30 - 15 = "
-    "$<<100-50-30-15=5>>5 more.\n#### 5",
-    "Q: There are 15 trees in the grove. Grove workers will plant trees in the grove today. After "
-    "they are done, there will be 21 trees. How many trees did the grove workers plant today?",
-    "A: There are 15 trees originally. Then there were 21 trees after some more were planted. So "
-    "there must have been 21 - 15 = 6. The answer is 6.",
-    "Q: If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the "
-    "parking lot?",
-    "A: There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5.",
-    "Q: Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they "
-    "have left in total?",
-    "A: Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. "
-    "After eating 35, they had 74 - 35 = 39. The answer is 39.",
-    "Question: A farmer has 7 cows and buys 5 more each week for 3 weeks. How many cows does the "
-    "farmer have now? Let's think step by step.",
-    "Answer: The farmer buys 5 * 3 = <<5*3=15>>15 cows. He now has 7 + 15 = <<7+15=22>>22 cows."
-    "\n#### 22",
-]
+
+def _corpus() -> list[str]:
+    """Arithmetic word problems in both prompt formats, from the synthetic generator (no
+    GSM8K rows and no third-party exemplars in the project)."""
+    from steerlight.data.synthetic import generate
+
+    rows = generate(12, seed=7)
+    hashed = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows[:6]]
+    cot = [
+        f"Q: {r['question']}\nA: {r['answer'].split('####')[0]} The answer is 5." for r in rows[6:]
+    ]
+    return hashed + cot
+
+
+CORPUS = _corpus()
 
 # Per-architecture config class and keyword arguments (hidden 32, 4 heads, 2-3 layers).
 # `{layers}` is filled in by `build_tiny_model`; token ids are added there too.
