@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 from lightning.pytorch import Callback
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from steerlight.checkpoint import SteeringCheckpoint
+from steerlight.checkpoint import SteeringCheckpoint, check_checkpoint
 from steerlight.data.datamodule import GSM8KDataModule
-from steerlight.errors import SteerlightError
+from steerlight.errors import SteerlightError, one_line
+from steerlight.io import ensure_writable_dir, read_yaml
 from steerlight.module import SteeredLM
 
 # Lightning's advice for training loops that does not apply to a frozen, closed-form model.
@@ -35,6 +38,34 @@ def quiet_expected_warnings() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage()
     )
+
+
+class SaveConfigOnStart(SaveConfigCallback):
+    """Writes the run's config.yaml once the run has really started, not at setup.
+
+    Lightning writes it before the model is loaded, so a run refused for a bad model path,
+    layer or checkpoint would replace the config of an earlier run in the same folder - the
+    one `--ckpt` reads to rebuild that run's checkpoint.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stage = stage
+
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().setup(trainer, pl_module, self._stage)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.training and trainer.state.fn != "fit":
+            self._save(trainer, pl_module)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, pl_module)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, pl_module)
 
 
 class SteerlightCLI(LightningCLI):
@@ -71,20 +102,88 @@ class SteerlightCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
+        for path in _config_files(argv):
+            read_yaml(path)  # a missing file or a YAML syntax error, named in one line
+        self._parse(parser, args)
         sub = self.config.get("subcommand")
         spec = sub and self.config[sub].get("ckpt")
-        if not spec:
-            return
-        if sub == "fit":
-            raise SteerlightError("--ckpt is for validate, test and predict")
-        ckpt, config = resolve_checkpoint(
-            spec, self.config[sub].get("study_name"), Path(self.config[sub].logs_root)
-        )
-        argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
-        at = argv.index(sub) + 1
-        saved = ["--config", str(config)] if config else []
-        super().parse_arguments(parser, [*argv[:at], *saved, *argv[at:], "--ckpt_path", str(ckpt)])
+        if spec:
+            if sub == "fit":
+                raise SteerlightError("--ckpt is for validate, test and predict")
+            ckpt, config = resolve_checkpoint(
+                spec, self.config[sub].get("study_name"), Path(self.config[sub].logs_root)
+            )
+            at = argv.index(sub) + 1
+            saved = ["--config", str(config)] if config else []
+            self._parse(parser, [*argv[:at], *saved, *argv[at:], "--ckpt_path", str(ckpt)])
+        if sub == "fit":  # checked now, not when the first checkpoint is due
+            root = self.config[sub].trainer.get("default_root_dir") or os.getcwd()
+            ensure_writable_dir(root, "trainer.default_root_dir")
+        path = sub and self.config[sub].get("ckpt_path")
+        if path and sub != "fit":  # fit's ckpt_path resumes training, which steerlight never does
+            check_checkpoint(path)  # before Lightning's loader turns a bad file into a traceback
+
+    def _parse(self, parser: LightningArgumentParser, args: Any) -> None:
+        """LightningCLI's parse, with a bad key or value reported in one line."""
+        from jsonargparse import ArgumentError
+
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise SteerlightError(_explain(str(err), parser)) from None
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    """The files passed with --config / -c on a command line."""
+    files = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def _explain(message: str, parser: LightningArgumentParser) -> str:
+    """jsonargparse's error as one line that says what would be valid."""
+    import difflib
+    import re
+
+    text = one_line(message)
+    text = re.sub(
+        r"Expected a typing\.Literal\[(.*?)\]\. Got value: (\S+)",
+        r"got \2; choose one of \1",
+        text,
+    )
+    text = re.sub(
+        r"Expected a <class '(\w+)'>\. Got value: (\S+)",
+        lambda m: (
+            f"got {m[2]}; expected "
+            + ("a finite number" if m[2].lower().lstrip("+-") in ("nan", "inf") else f"a {m[1]}")
+        ),
+        text,
+    )
+    text = re.sub(r'Parser key "([\w.]+)":', r"\1:", text)
+    unknown = re.search(r"(?:does not accept option|unrecognized arguments:) '?-*([\w.]+)", text)
+    if unknown:
+        keys = _parser_keys(parser)
+        close = difflib.get_close_matches(unknown.group(1), keys, n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr(k) for k in close)}? " if close else ""
+        text += f"; {hint}(`--help` lists every key)"
+    return text
+
+
+def _parser_keys(parser) -> list[str]:
+    """Every option key of the parser and its subcommands (`model.alpha`, `trainer.devices`)."""
+    keys = []
+    for action in parser._actions:
+        if getattr(action, "choices", None) and isinstance(action.choices, dict):
+            for sub in action.choices.values():
+                keys += _parser_keys(sub)
+        elif action.dest and action.dest != "help":
+            keys.append(action.dest)
+    return sorted(set(keys))
 
 
 def resolve_checkpoint(spec: str, study: str | None, root: Path) -> tuple[Path, Path | None]:
@@ -128,8 +227,11 @@ def cli_main(
         GSM8KDataModule,
         seed_everything_default=0,
         trainer_defaults={"callbacks": [*callbacks, *extra_callbacks]},
+        save_config_callback=SaveConfigOnStart,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # nothing is trained
+        # bad input raises (and becomes one line) instead of printing the whole usage text
+        parser_kwargs={"exit_on_error": False},
         args=args,
         run=run,
     )

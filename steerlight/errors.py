@@ -10,6 +10,11 @@ class SteerlightError(ValueError):
     """Bad input from the user (a file, a config value, a flag); the CLI prints only its message."""
 
 
+def one_line(message: str) -> str:
+    """`message` on one line: its lines joined with spaces, indentation dropped."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def exit_on_error(prog: str, main: Callable[[], object]) -> None:
     """Run `main`; a SteerlightError becomes one line on stderr and exit status 2.
 
@@ -23,5 +28,5 @@ def exit_on_error(prog: str, main: Callable[[], object]) -> None:
     except SteerlightError as err:
         if verbose:
             raise
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from steerlight.errors import SteerlightError
+
 
 def steerlight_home() -> Path:
     """Where steerlight keeps caches: ``$STEERLIGHT_HOME``, default ``~/.cache/steerlight``."""
@@ -44,3 +46,40 @@ def write_json(path: str | Path, data: Any) -> None:
 def copy_file(src: str | Path, dst: str | Path) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def ensure_writable_dir(path: str | Path, what: str) -> Path:
+    """Create the folder `path` if needed and check that a file can be written in it.
+
+    Done before any work starts, so an unwritable output folder is a clear error up front
+    rather than a traceback after the first (possibly hours-long) trial.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".steerlight-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise SteerlightError(
+            f"{what}: cannot write in {path} ({err.strerror or err}); use a writable folder"
+        ) from None
+    return path
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a missing file or a syntax error is a one-line SteerlightError."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SteerlightError(f"file {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SteerlightError(
+            f"{path} is not valid YAML: {problem}{where}; fix the file (a YAML mapping)"
+        ) from None

@@ -111,7 +111,9 @@ class SteeredLM(pl.LightningModule):
         super().__init__()
         for name, value in (("alpha", alpha), ("dac_alpha_max", dac_alpha_max)):
             if not math.isfinite(value):
-                raise SteerlightError(f"{name}={value} is not a finite number")
+                raise SteerlightError(
+                    f"{name}={value} is not a finite number: use a real number such as 0 or 2.5"
+                )
         if not 0 < dac_top_p <= 1:
             raise SteerlightError(f"dac_top_p={dac_top_p} is invalid: use a value in (0, 1]")
         if layer != "auto" and not isinstance(layer, int):
@@ -613,7 +615,8 @@ class SteeredLM(pl.LightningModule):
             raise SteerlightError(
                 f"checkpoint was fitted on {saved['name_or_path']!r} (weights "
                 f"{saved['weights_fingerprint']}), but the loaded model "
-                f"{self.hparams.model_name_or_path!r} has weights {self.fingerprint}"
+                f"{self.hparams.model_name_or_path!r} has weights {self.fingerprint}: test it "
+                "with the model it was fitted on, or fit a new checkpoint for this one"
             )
         self.steering = dict(checkpoint["steering"])
 

@@ -54,7 +54,9 @@ def _load_folder(folder: Path) -> tuple[dict[str, list[Row]], dict[str, str]]:
         path = found[0]
         origins[split] = str(path)
         if path.stat().st_size == 0:
-            raise SteerlightError(f"{path}: the {split} split is empty")
+            raise SteerlightError(
+                f"{path}: the {split} split is empty; it needs at least one question"
+            )
         builder = "json" if path.suffix == ".jsonl" else "parquet"
         try:
             ds = load_dataset(builder, data_files={split: str(path)}, split=split)
@@ -106,7 +108,10 @@ def _read_json_lines(path: Path) -> list[dict]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise SteerlightError(f"{path} line {lineno}: not valid JSON ({err.msg})") from None
+                raise SteerlightError(
+                    f"{path} line {lineno}: not valid JSON ({err.msg}); each line must be one "
+                    'JSON object such as {"question": "...", "answer": "... #### 42"}'
+                ) from None
             if not isinstance(obj, dict):
                 raise SteerlightError(f"{path} line {lineno}: expected a JSON object")
             rows.append(obj)
@@ -118,7 +123,7 @@ def validate_rows(rows: list[Row], origin: str) -> None:
     from steerlight.answers import gold_answer
 
     if not rows:
-        raise SteerlightError(f"{origin}: the split is empty")
+        raise SteerlightError(f"{origin}: the split is empty; it needs at least one question")
     where = "line" if origin.endswith(".jsonl") else "row"
     for i, row in enumerate(rows, 1):
         for field in ("question", "answer"):
@@ -128,7 +133,10 @@ def validate_rows(rows: list[Row], origin: str) -> None:
         try:
             gold_answer(row["answer"])
         except ValueError as err:
-            raise SteerlightError(f"{origin} {where} {i}: field 'answer': {err}") from None
+            raise SteerlightError(
+                f"{origin} {where} {i}: field 'answer': {err}; a GSM8K answer ends with a "
+                "line '#### <number>'"
+            ) from None
 
 
 def read_exemplars(path: str | Path) -> list[Row]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -35,6 +36,13 @@ def resolve_model_path(name_or_path: str) -> str:
         from steerlight.tiny import tiny_model_path
 
         return str(tiny_model_path())
+    # A Hub id is `name` or `org/name`; anything else is meant as a folder on this machine.
+    local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if local and not Path(name_or_path).expanduser().is_dir():
+        raise SteerlightError(
+            f"model {name_or_path!r} does not exist: pass a folder holding a saved model "
+            "(config.json and weights), a Hugging Face model id such as 'org/name', or 'tiny'"
+        )
     return name_or_path
 
 
@@ -66,10 +74,7 @@ def _load_model(name_or_path: str, revision, dtype: DType, trust_remote_code: bo
             trust_remote_code=trust_remote_code,
         )
     except (OSError, ValueError) as err:
-        hint = ""
-        if "trust_remote_code" in str(err) and not trust_remote_code:
-            hint = " (this model needs custom code: set trust_remote_code: true if you trust it)"
-        raise SteerlightError(f"cannot load model {name_or_path!r}{hint}: {err}") from None
+        raise _load_error("model", name_or_path, err, trust_remote_code) from None
     model.requires_grad_(False)
     return model.eval()
 
@@ -78,18 +83,27 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     """The model's tokenizer, set up for left-padded batched generation."""
     from transformers import AutoTokenizer
 
+    path = resolve_model_path(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(
-            resolve_model_path(name_or_path),
-            revision=revision,
-            trust_remote_code=trust_remote_code,
+            path, revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as err:
-        raise SteerlightError(f"cannot load tokenizer {name_or_path!r}: {err}") from None
+        raise _load_error("tokenizer", name_or_path, err, trust_remote_code) from None
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _load_error(what: str, name: str, err: Exception, trust_remote_code: bool) -> SteerlightError:
+    """transformers' loading error in one line, or the remote-code refusal in our words."""
+    if "trust_remote_code" in str(err) and not trust_remote_code:
+        return SteerlightError(
+            f"cannot load {what} {name!r}: it needs code from its own repository, which runs "
+            "only with model.trust_remote_code: true (set it if you trust that code)"
+        )
+    return SteerlightError(f"cannot load {what} {name!r}: {err}")
 
 
 @torch.no_grad()
