@@ -22,11 +22,22 @@ from typing import Any
 
 import yaml
 
-from steerlight.errors import SteerlightError, exit_on_error
-from steerlight.io import copy_file, write_text
+from steerlight.errors import SteerlightError, exit_on_error, one_line
+from steerlight.io import copy_file, ensure_writable_dir, read_yaml, write_text
+from steerlight.workers import (
+    MAX_RETRY,
+    StudyLock,
+    TrialGate,
+    fail_stale_trials,
+    open_storage,
+    register_worker,
+    worker_id,
+)
 
 log = logging.getLogger("steerlight.search")
 
+TWIN_POLL_S = 0.5
+"""How often a trial waiting for another worker's identical trial checks on it."""
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 DEFAULT_CONFIG = "configs/debug.yaml"
@@ -73,6 +84,11 @@ class Space:
                         f"valid: {', '.join(sorted(valid))}"
                     )
                 _check_dimension(f"{origin}: {group}{name}", spec)
+                if not (isinstance(spec, Mapping) and "probe_top_k" in spec):
+                    try:
+                        _distribution(name, spec, None)
+                    except SteerlightError as err:
+                        raise SteerlightError(f"{origin}: {group}{err}") from None
         methods = self.params.get("method")
         for method in self.when:
             if methods is not None and method not in _as_list(methods):
@@ -92,6 +108,37 @@ class Space:
             values[name] = _suggest(trial, name, spec, probe_auc)
         return values
 
+    def distributions(self, probe_auc: list[float] | None) -> dict[str, Any]:
+        """Every searched dimension's Optuna distribution (conditional ones included)."""
+        dims = [*self.params.items(), *(i for p in self.when.values() for i in p.items())]
+        out = {}
+        for name, spec in dims:
+            dist = _distribution(name, spec, probe_auc)
+            if dist is not None:
+                out[name] = dist
+        return out
+
+    def check_study(self, study, probe_auc: list[float] | None) -> None:
+        """Refuse to resume a study whose trials drew a dimension from another distribution.
+
+        Optuna would otherwise fail every later trial of the resumed study with a ValueError.
+        """
+        from optuna.distributions import check_distribution_compatibility
+
+        new = self.distributions(probe_auc)
+        for trial in study.get_trials(deepcopy=False):
+            for name, old in trial.distributions.items():
+                if name not in new:
+                    continue
+                try:
+                    check_distribution_compatibility(old, new[name])
+                except ValueError:
+                    raise SteerlightError(
+                        f"study {study.study_name!r} searched {name} over {_describe(old)}, "
+                        f"this space has {_describe(new[name])}: use the study's space again, "
+                        "or another --study-name for the new one"
+                    ) from None
+
     def baseline(self, probe_auc: list[float] | None) -> dict[str, Any]:
         """Trial 0: the unsteered model (alpha = 0, method caa if searched), and the first
         choice of every other categorical dimension so that it is a valid configuration."""
@@ -104,6 +151,15 @@ class Space:
         if "caa" in _as_list(self.params.get("method", [])):
             params["method"] = "caa"
         return {**params, "alpha": 0.0}
+
+
+def _describe(dist) -> str:
+    """A distribution in the words of the YAML space: choices, or a range."""
+    if hasattr(dist, "choices"):
+        return f"choices {list(dist.choices)}"
+    kind = "integers" if type(dist).__name__.startswith("Int") else "floats"
+    extra = ", log" if dist.log else (f", step {dist.step}" if dist.step else "")
+    return f"{kind} {dist.low}..{dist.high}{extra}"
 
 
 def _as_list(spec: Any) -> list[Any]:
@@ -136,27 +192,42 @@ def _top_layers(probe_auc: list[float], k: int) -> list[int]:
     return sorted(sorted(range(len(probe_auc)), key=lambda i: -probe_auc[i])[:k])
 
 
-def _suggest(trial, name: str, spec: Any, probe_auc: list[float] | None) -> Any:
+def _distribution(name: str, spec: Any, probe_auc: list[float] | None):
+    """The Optuna distribution one dimension draws from, or None for a fixed value."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if isinstance(spec, list):
-        return trial.suggest_categorical(name, spec)
+        return CategoricalDistribution(spec)
     if isinstance(spec, Mapping) and "probe_top_k" in spec:
         if probe_auc is None:
             raise SteerlightError("layer: probe_top_k needs the probes fitted before the search")
-        return trial.suggest_categorical(name, _top_layers(probe_auc, spec["probe_top_k"]))
+        return CategoricalDistribution(_top_layers(probe_auc, spec["probe_top_k"]))
     if isinstance(spec, Mapping):
-        low, high = spec["low"], spec["high"]
-        if (
-            isinstance(low, int)
-            and isinstance(high, int)
-            and not isinstance(spec.get("step"), float)
-        ):
-            return trial.suggest_int(
-                name, low, high, step=spec.get("step", 1), log=spec.get("log", False)
-            )
-        return trial.suggest_float(
-            name, low, high, step=spec.get("step"), log=spec.get("log", False)
-        )
-    return spec
+        low, high, log = spec["low"], spec["high"], spec.get("log", False)
+        try:
+            if (
+                isinstance(low, int)
+                and isinstance(high, int)
+                and not isinstance(spec.get("step"), float)
+            ):
+                return IntDistribution(low, high, log=log, step=spec.get("step", 1))
+            return FloatDistribution(low, high, log=log, step=spec.get("step"))
+        except ValueError as err:  # e.g. log with step, or a non-positive log range
+            raise SteerlightError(f"{name}: {err}") from None
+    return None
+
+
+def _suggest(trial, name: str, spec: Any, probe_auc: list[float] | None) -> Any:
+    """One dimension's value for `trial`, through Optuna's suggest API."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    dist = _distribution(name, spec, probe_auc)
+    if dist is None:
+        return spec
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))
+    suggest = trial.suggest_int if isinstance(dist, IntDistribution) else trial.suggest_float
+    return suggest(name, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
 # -- config handling ----------------------------------------------------------------------------
@@ -178,12 +249,7 @@ def load_config(path: str | Path, space_file: str | Path | None) -> tuple[dict, 
 
 
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise SteerlightError(f"file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SteerlightError(f"{path} is not valid YAML: {err}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise SteerlightError(f"{path} must hold a YAML mapping")
     return data
@@ -214,6 +280,8 @@ class Search:
     rounds: int = 4
     probe_auc: list[float] | None = None
     memo: dict = field(default_factory=dict)
+    gate: TrialGate | None = None
+    worker: str = field(default_factory=worker_id)
 
     def trial_config(self, params: Mapping[str, Any], version: str) -> dict:
         data = self.config.get("data", {})
@@ -268,6 +336,9 @@ class Search:
 
         from steerlight.cli import cli_main
 
+        if self.gate is not None:
+            self.gate.admitted()  # Optuna has created this trial: other workers may go on
+        trial.set_user_attr("worker", self.worker)
         params = self.space.suggest(trial, self.probe_auc)
         twin = _finished_twin(trial)
         if twin is not None:
@@ -299,15 +370,35 @@ class Search:
             raise
 
 
-def _finished_twin(trial):
-    """A finished trial of the same study with exactly these parameters, if any."""
+def _finished_twin(trial, poll_s: float = TWIN_POLL_S):
+    """A finished trial of the same study with exactly these parameters, if any.
+
+    Another worker may be evaluating the same configuration right now: then this trial waits
+    for that one (if it started first, so two twins never wait for each other) and takes its
+    result, instead of evaluating the configuration twice.
+    """
     import optuna
 
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    for other in trial.study.get_trials(deepcopy=False, states=states):
-        if other.number != trial.number and other.params == trial.params:
-            return other
-    return None
+    states = (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.RUNNING,
+    )
+    while True:
+        twins = [
+            other
+            for other in trial.study.get_trials(deepcopy=False, states=states)
+            if other.number != trial.number and other.params == trial.params
+        ]
+        finished = [t for t in twins if t.state != optuna.trial.TrialState.RUNNING]
+        if finished:
+            return finished[0]
+        if not any(t.number < trial.number for t in twins):
+            return None
+        time.sleep(poll_s)
+        # If the twin's worker died, its trial turns FAIL (and is retried) rather than
+        # keeping this one waiting; this trial then evaluates the configuration itself.
+        fail_stale_trials(trial.study)
 
 
 # -- artefacts -----------------------------------------------------------------------------------
@@ -394,8 +485,10 @@ def build_parser():
 
     p = ArgumentParser(
         prog="python -m steerlight.search",
-        description="Search steering configurations with Optuna; every trial is scored on val.",
+        description="Search steering configurations with Optuna; every trial is scored on val. "
+        "Several workers (processes, machines) may share one study through --storage.",
         default_env=False,
+        exit_on_error=False,  # errors become one line (errors.exit_on_error), not usage text
     )
     p.add_argument(
         "--config",
@@ -407,9 +500,19 @@ def build_parser():
     p.add_argument(
         "--n-trials",
         "--n_trials",
-        type=int,
-        default=50,
-        help="Trials to run in this process (a resumed study adds these).",
+        type=int | None,
+        default=None,
+        help="Trials this worker runs at most (default: 50, or no limit with --max-trials); "
+        "a resumed study adds these to the trials it has.",
+    )
+    p.add_argument(
+        "--max-trials",
+        "--max_trials",
+        type=int | None,
+        default=None,
+        help="Trials the whole study may hold, counted over every worker and every resumed "
+        "run (a dead worker's retried trial counts once); each worker stops when they are "
+        "used up, so the study ends with exactly this many.",
     )
     p.add_argument(
         "--study-name",
@@ -420,8 +523,18 @@ def build_parser():
     p.add_argument(
         "--storage",
         default=None,
-        help="Optuna storage URL (default: SQLite in lightning_logs/<study>/study.db; "
-        "a PostgreSQL URL lets several workers share one study).",
+        help="Optuna storage URL (default: SQLite in <root>/<study>/study.db, for workers on "
+        "one machine); a PostgreSQL URL such as postgresql+psycopg2://user:pw@host/db lets "
+        "workers on several machines share one study.",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        "--heartbeat_interval",
+        type=int,
+        default=60,
+        help="Seconds between a running trial's heartbeats. A trial silent for twice this "
+        f"long belongs to a dead worker: it is marked FAIL and retried (up to {MAX_RETRY} "
+        "times) with the same parameters by the next worker that starts a trial.",
     )
     p.add_argument(
         "--timeout", type=float, default=None, help="Stop starting trials after this many seconds."
@@ -451,23 +564,54 @@ def build_parser():
         default=5,
         help="Trials before the pruner and TPE start acting on results.",
     )
-    p.add_argument("--seed", type=int, default=0, help="Seed of the sampler.")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Seed of the sampler; the k-th worker to join a study (0, 1, ...) uses seed + k.",
+    )
     p.add_argument("--root", default="lightning_logs", help="Folder that holds the study folder.")
     p.add_argument("--verbose", action="store_true", help="Show the traceback of an error.")
     return p
 
 
-def make_study(args, study_dir: Path):
+def parse_args(argv: list[str] | None):
+    """The command line, with a bad flag or value reported in one line."""
+    from jsonargparse import ArgumentError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except ArgumentError as err:
+        raise SteerlightError(one_line(str(err))) from None
+    for flag in ("n_trials", "max_trials", "rounds"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise SteerlightError(f"--{flag.replace('_', '-')} {value} is invalid: use 1 or more")
+    return args
+
+
+def make_sampler(args, seed: int):
     import optuna
 
-    storage = args.storage or f"sqlite:///{study_dir / 'study.db'}"
-    sampler = (
-        optuna.samplers.TPESampler(
-            seed=args.seed, multivariate=True, group=True, n_startup_trials=args.startup_trials
+    if args.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: a worker's TPE treats the other workers' running trials as bad results,
+    # so concurrent workers spread out instead of drawing near-identical configurations.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+            n_startup_trials=args.startup_trials,
         )
-        if args.sampler == "tpe"
-        else optuna.samplers.RandomSampler(seed=args.seed)
-    )
+
+
+def make_study(args, name: str, storage):
+    """Create the study, or load it when another worker (or an earlier run) created it."""
+    import optuna
+
     pruner = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(
@@ -477,18 +621,18 @@ def make_study(args, study_dir: Path):
     }[args.pruner]()
     try:
         return optuna.create_study(
-            study_name=study_dir.name,
+            study_name=name,
             storage=storage,
-            sampler=sampler,
+            sampler=make_sampler(args, args.seed),  # replaced once the worker has its index
             pruner=pruner,
             direction="maximize",
             load_if_exists=True,
         )
-    except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as err:
-        raise SteerlightError(f"cannot open Optuna storage {storage!r}: {err}") from None
-    except Exception as err:  # sqlalchemy's connection errors
-        if type(err).__module__.startswith("sqlalchemy"):
-            raise SteerlightError(f"cannot open Optuna storage {storage!r}: {err}") from None
+    except Exception as err:
+        if type(err).__module__.startswith(("sqlalchemy", "optuna.exceptions")):
+            raise SteerlightError(
+                f"cannot open Optuna study {name!r}: {one_line(str(err))}"
+            ) from None
         raise
 
 
@@ -507,8 +651,10 @@ def progress_line(study, trial) -> None:
         outcome = f"PRUNED after round {max(steps) + 1 if steps else 0}"
     else:
         outcome = f"FAIL: {trial.user_attrs.get('error', 'see the log')}"
+    retry = trial.system_attrs.get("failed_trial")
+    again = f" (retry of trial {retry}, whose worker died)" if retry is not None else ""
     print(
-        f"[{study.study_name}] trial {trial.number}: {params} -> {outcome} ({secs:.1f}s)",
+        f"[{study.study_name}] trial {trial.number}{again}: {params} -> {outcome} ({secs:.1f}s)",
         flush=True,
     )
 
@@ -518,28 +664,47 @@ def run(argv: list[str] | None = None) -> Any:
 
     from steerlight.model.loading import reuse_loaded_models
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     config, space = load_config(args.config, args.space)
     name = args.study_name or Path(args.config).stem
     study_dir = Path(args.root) / name
-    study_dir.mkdir(parents=True, exist_ok=True)
-    study = make_study(args, study_dir)
+    ensure_writable_dir(study_dir, "--root")
+    storage = open_storage(
+        args.storage or f"sqlite:///{study_dir / 'study.db'}", args.heartbeat_interval
+    )
+    study = make_study(args, name, storage)
     search = Search(config, space, study_dir, name, rounds=args.rounds)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress line replaces its log
+    lock = StudyLock(storage, name)
     start = time.monotonic()
-    with reuse_loaded_models():
-        if space.needs_probes:
-            search.probe_auc = search.fit_probes()
-        if not study.trials:
-            study.enqueue_trial(space.baseline(search.probe_auc), user_attrs={"baseline": True})
-        study.optimize(
-            search,
-            n_trials=args.n_trials,
-            timeout=args.timeout,
-            catch=(Exception,),  # a failed trial is FAIL with its message; the study goes on
-            callbacks=[progress_line, lambda s, t: write_artefacts(s, search)],
-            gc_after_trial=True,
-        )
+    try:
+        with reuse_loaded_models():
+            if space.needs_probes:
+                search.probe_auc = search.fit_probes()
+            space.check_study(study, search.probe_auc)
+            index, seed = register_worker(study, lock, args.seed)
+            study.sampler = make_sampler(args, seed)
+            with lock:  # one baseline, however many workers start on an empty study
+                if not study.get_trials(deepcopy=False):
+                    study.enqueue_trial(
+                        space.baseline(search.probe_auc), user_attrs={"baseline": True}
+                    )
+            print(f"[{name}] worker {search.worker} (#{index}, sampler seed {seed})", flush=True)
+            search.gate = TrialGate(lock, args.max_trials)
+            if search.gate.admit(study):
+                n_trials = args.n_trials or (None if args.max_trials else 50)
+                study.optimize(
+                    search,
+                    n_trials=n_trials,
+                    timeout=args.timeout,
+                    # a failed trial is FAIL with its message; the study goes on
+                    catch=(Exception,),
+                    # the gate last: it holds the study lock until the next trial exists
+                    callbacks=[progress_line, lambda s, t: write_artefacts(s, search), search.gate],
+                    gc_after_trial=True,
+                )
+    finally:
+        lock.close()
     log_figures(study, search)
     write_artefacts(study, search)
     states = [t.state.name for t in study.trials]
@@ -550,13 +715,21 @@ def run(argv: list[str] | None = None) -> Any:
         flush=True,
     )
     try:
-        print(
-            f"[{name}] best: trial {study.best_trial.number}, val/acc {study.best_value:.4f}, "
-            f"{study.best_params}",
-            flush=True,
-        )
+        best = study.best_trial
     except ValueError:
         print(f"[{name}] no trial completed", flush=True)
+        return study
+    print(
+        f"[{name}] best: trial {best.number}, val/acc {best.value:.4f}, {best.params}", flush=True
+    )
+    if not Path(best.user_attrs.get("checkpoint", "")).is_file():
+        # Another machine's worker ran it: best.ckpt here is the best this machine holds.
+        print(
+            f"[{name}] trial {best.number}'s checkpoint is on worker "
+            f"{best.user_attrs.get('worker', '?')} ({best.user_attrs.get('checkpoint')}); "
+            f"give every worker one shared --root to have the study's best in {study_dir}",
+            flush=True,
+        )
     return study
 
 

@@ -78,3 +78,51 @@ def tiny_llama_dir(tiny_random_root: Path, tmp_path_factory: pytest.TempPathFact
     for f in (tiny_random_root / "tokenizer").iterdir():
         shutil.copy(f, dest / f.name)
     return dest
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a `python -m steerlight...` subprocess: this checkout first on the
+    import path (whatever package the interpreter has installed), plus `extra`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A reachable PostgreSQL database URL from $STEERLIGHT_TEST_POSTGRES_URL (`.ci/postgres`).
+
+    With $STEERLIGHT_REQUIRE_POSTGRES=1 (CI) a missing or unreachable database fails the test;
+    elsewhere the test is skipped with the reason.
+    """
+    url = os.environ.get("STEERLIGHT_TEST_POSTGRES_URL")
+    required = os.environ.get("STEERLIGHT_REQUIRE_POSTGRES") == "1"
+
+    def unavailable(reason: str) -> None:
+        if required:
+            pytest.fail(f"{reason}, but STEERLIGHT_REQUIRE_POSTGRES=1 requires it")
+        pytest.skip(f'{reason}; export STEERLIGHT_TEST_POSTGRES_URL="$(.ci/postgres)" to run')
+
+    if not url:
+        unavailable("no PostgreSQL: STEERLIGHT_TEST_POSTGRES_URL is not set")
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+        engine.dispose()
+    except Exception as err:  # a missing driver, a refused connection or login
+        unavailable(f"PostgreSQL at {url} is unusable ({type(err).__name__}: {err})")
+    return url
+
+
+# ---- the embedded tiny model (steerlight/tiny.py) -----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """The embedded default model, trained once per $STEERLIGHT_HOME (minutes on a clean one)."""
+    from steerlight.tiny import tiny_model_path
+
+    return tiny_model_path()

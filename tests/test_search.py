@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import subprocess_env
 
 from steerlight.errors import SteerlightError
 from steerlight.search import load_config, run
@@ -129,7 +130,9 @@ def test_search_then_test_ckpt_best_from_a_fresh_process(llama, tmp_path, monkey
         "--logs_root",
         str(tmp_path / "lightning_logs"),
     ]
-    proc = subprocess.run(env_cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        env_cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study_dir = tmp_path / "lightning_logs" / "study"
     results = json.loads((study_dir / "final_results.json").read_text())
