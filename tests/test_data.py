@@ -161,16 +161,6 @@ def test_chat_preset_uses_the_template(tokenizer):
     )
 
 
-def test_chat_preset_without_template_is_a_clear_error(tmp_path, tokenizer):
-    with pytest.raises(SteerlightError, match="needs a tokenizer with a chat template"):
-        make_dm(make_folder(tmp_path), tokenizer, preset="chat", n_shots=0)
-
-
-def test_unknown_preset():
-    with pytest.raises(SteerlightError, match="unknown prompt preset 'gsm9k': choose one of gsm8k"):
-        GSM8KDataModule(preset="gsm9k")
-
-
 # -- batches ---------------------------------------------------------------------------------
 
 
@@ -220,21 +210,6 @@ def test_malformed_rows_are_named(tmp_path, tokenizer, rows, message):
         [good, *rows] + [{"question": f"q{i}", "answer": "#### 1"} for i in range(10)],
     )
     with pytest.raises(SteerlightError, match=message):
-        make_dm(folder, tokenizer)
-
-
-def test_invalid_json_line_is_named(tmp_path, tokenizer):
-    folder = make_folder(tmp_path)
-    with open(folder / "test.jsonl", "a") as f:
-        f.write('{"question": "broken", \n')
-    with pytest.raises(SteerlightError, match=r"test.jsonl line 11: not valid JSON"):
-        make_dm(folder, tokenizer)
-
-
-def test_empty_split(tmp_path, tokenizer):
-    folder = make_folder(tmp_path)
-    (folder / "test.jsonl").write_text("")
-    with pytest.raises(SteerlightError, match=r"test.jsonl: the test split is empty"):
         make_dm(folder, tokenizer)
 
 

@@ -149,18 +149,6 @@ def test_caa_vector_equals_hand_computed_mean_difference(llama, tmp_path):
     torch.testing.assert_close(module.steering["vectors"][:-1], expected[:-1], atol=1e-4, rtol=1e-3)
 
 
-def test_layer_out_of_range_names_the_valid_range(llama, tmp_path):
-    module = steered(llama, tmp_path, layer=7)
-    with pytest.raises(SteerlightError, match=r"layer 7 is out of range .* use 0..1"):
-        trainer(tmp_path, logger=False).validate(module, datamodule(llama))
-
-
-@pytest.mark.parametrize("alpha", [float("nan"), float("inf")])
-def test_non_finite_alpha(alpha):
-    with pytest.raises(SteerlightError, match="not a finite number"):
-        SteeredLM(alpha=alpha)
-
-
 # -- the CLI -------------------------------------------------------------------------------------
 
 
