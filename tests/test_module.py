@@ -104,6 +104,24 @@ def test_checkpoint_from_another_model_is_refused(llama, tiny_random_root, tmp_p
         )
 
 
+def test_a_checkpoint_write_killed_halfway_leaves_the_previous_file(llama, tmp_path, monkeypatch):
+    import lightning.fabric.plugins.io.torch_io as torch_io
+
+    trainer(tmp_path, logger=False).fit(steered(llama, tmp_path), datamodule(llama))
+    folder = tmp_path / "checkpoints"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert "last.ckpt" in before
+
+    def dies_halfway(checkpoint, path):
+        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("killed while writing")
+
+    monkeypatch.setattr(torch_io, "_atomic_save", dies_halfway)
+    with pytest.raises(RuntimeError, match="killed while writing"):
+        trainer(tmp_path, logger=False).fit(steered(llama, tmp_path, alpha=1.0), datamodule(llama))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "no file touched or left"
+
+
 def test_alpha_zero_is_the_unsteered_model(llama, tmp_path):
     dm = datamodule(llama)
     runs = {}
