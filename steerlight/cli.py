@@ -124,6 +124,19 @@ class SteerlightCLI(LightningCLI):
         if path and sub != "fit":  # fit's ckpt_path resumes training, which steerlight never does
             check_checkpoint(path)  # before Lightning's loader turns a bad file into a traceback
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning overrides the model's arguments with those saved in --ckpt_path.
+        from jsonargparse import ArgumentError
+
+        try:
+            super()._parse_ckpt_path()
+        except ArgumentError as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise SteerlightError(
+                f"checkpoint {path} holds model arguments this steerlight does not accept "
+                f"({_explain(str(err), self.parser)}); fit a new checkpoint"
+            ) from None
+
     def _parse(self, parser: LightningArgumentParser, args: Any) -> None:
         """LightningCLI's parse, with a bad key or value reported in one line."""
         from jsonargparse import ArgumentError

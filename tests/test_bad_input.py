@@ -333,6 +333,18 @@ def test_checkpoint_not_written_by_steerlight(workspace, monkeypatch, capsys):
     assert_refused(workspace, "steerlight", argv, expect, monkeypatch, capsys)
 
 
+def test_checkpoint_with_arguments_this_version_does_not_know(workspace, monkeypatch, capsys):
+    import torch
+
+    old = torch.load(workspace.checkpoint, weights_only=True)
+    old["hyper_parameters"]["alpah"] = old["hyper_parameters"].pop("alpha")  # a renamed argument
+    path = workspace.root / "old_version.ckpt"
+    torch.save(old, path)
+    argv = ["test", "--config", str(workspace.root / "base.yaml"), "--ckpt_path", str(path)]
+    expect = [str(path), "alpah", "did you mean 'model.alpha'", "fit a new checkpoint"]
+    assert_refused(workspace, "steerlight", argv, expect, monkeypatch, capsys)
+
+
 def test_checkpoint_from_another_model(workspace, monkeypatch, capsys):
     # (test_module.py refuses one through a bare Trainer; here through the command line)
     argv = ["test", "--config", str(workspace.root / "replaced.yaml")]
