@@ -202,3 +202,40 @@ def test_right_padding_rejected(llama, tiny_random_tokenizer, batch):
             mask.flip(1),
             GenerationSettings(max_new_tokens=2),
         )
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2", "bloom"])
+def test_preallocated_cache_gives_the_default_caches_tokens(
+    arch, tiny_random_paths, tiny_random_tokenizer, batch, monkeypatch
+):
+    """The in-place cache (gemma2 mixes it with sliding-window layers) changes no token."""
+    import steerlight.model.generation as generation
+
+    model = _load(tiny_random_paths[arch])
+    ids, mask = batch
+    assert generation.preallocated_cache(model, 8) is not None
+    settings = GenerationSettings(max_new_tokens=6)
+    ours = generate(model, tiny_random_tokenizer, ids, mask, settings)
+    monkeypatch.setattr(generation, "preallocated_cache", lambda *_: None)
+    default = generate(model, tiny_random_tokenizer, ids, mask, settings)
+    assert torch.equal(ours.tokens, default.tokens)
+
+
+def test_preallocated_layer_grows_and_selects_rows():
+    from steerlight.model.generation import PreallocatedLayer
+
+    layer = PreallocatedLayer(capacity=3)
+    k, v = torch.randn(2, 1, 2, 4), torch.randn(2, 1, 2, 4)
+    layer.update(k, v)
+    k2, v2 = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
+    keys, values = layer.update(k2, v2)  # past the capacity: the buffers grow
+    assert torch.equal(keys, torch.cat([k, k2], -2)) and torch.equal(values, torch.cat([v, v2], -2))
+    assert layer.get_seq_length() == 5
+    layer.batch_select_indices(torch.tensor([1]))
+    assert torch.equal(layer.keys, torch.cat([k, k2], -2)[1:])
+    keys, _ = layer.update(k2[:1, :, :1], v2[:1, :, :1])
+    assert keys.shape == (1, 1, 6, 4) and torch.equal(keys[:, :, -1], k2[:1, :, 0])
+    layer.crop(-2)
+    assert layer.get_seq_length() == 4
+    keys, _ = layer.update(k2[:1, :, :1], v2[:1, :, :1])
+    assert keys.shape == (1, 1, 5, 4)
