@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from torch import Tensor, nn
@@ -101,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vocab", type=int, default=32000, help="model vocabulary (Llama's 32000)")
     g.add_argument("--batch", type=int, default=8, help="prompts per generation batch")
     g.add_argument("--new-tokens", type=int, default=64, help="generated tokens per row")
-    g.add_argument("--act-texts", type=int, default=32, help="question+solution texts read")
+    g.add_argument("--act-texts", type=int, default=16, help="question+solution texts read")
+    g.add_argument(
+        "--act-repeats", type=int, default=3, help="timed repeats of the extraction (slow part)"
+    )
     g.add_argument(
         "--lm-head-scale",
         type=float,
@@ -155,6 +159,7 @@ QUICK = {
     "batch": 4,
     "new_tokens": 6,
     "act_texts": 8,
+    "act_repeats": 2,
     "val": 6,
     "train": 4,
     "trial_batch": 3,
@@ -552,6 +557,7 @@ def activations_per_layer(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, read_mask: Tensor
 ) -> Tensor:
     """The naive way: one forward per layer, each reading only that layer's output (B, L, H)."""
+    from steerlight.activations import skip_logits_kwargs
     from steerlight.model.layers import decoder_layers
 
     layers = decoder_layers(model)
@@ -566,7 +572,13 @@ def activations_per_layer(
 
         handle = layer.register_forward_hook(hook)
         try:
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            # The same forward as steerlight's (logits at one position): only the count differs.
+            model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                use_cache=False,
+                **skip_logits_kwargs(model),
+            )
         finally:
             handle.remove()
         out.append(seen[0])
@@ -575,6 +587,7 @@ def activations_per_layer(
 
 def bench_activations(args: argparse.Namespace, device: torch.device, bench: RandomBench) -> Result:
     """Part 3: all layers in one forward vs one forward per layer, same batches."""
+    from steerlight import activations
     from steerlight.activations import read_activations
 
     model, tok, source = bench.model, bench.tokenizer, bench.source
@@ -593,13 +606,19 @@ def bench_activations(args: argparse.Namespace, device: torch.device, bench: Ran
     def per_layer() -> Tensor:
         return torch.cat([activations_per_layer(model, ids, m, m.bool()) for ids, m in batches])
 
+    def one_pass_all_logits() -> Tensor:
+        # steerlight before the benchmark: the LM head ran over every position of the pass
+        with mock.patch.object(activations, "skip_logits_kwargs", lambda _model: {}):
+            return one_pass()
+
     contenders = {"one forward, all layers": one_pass, "one forward per layer": per_layer}
-    times, outputs = timed_rounds(contenders, dict.fromkeys(contenders, args.repeats), device)
+    contenders["one forward, all layers, logits everywhere"] = one_pass_all_logits
+    times, outputs = timed_rounds(contenders, dict.fromkeys(contenders, args.act_repeats), device)
     a, b = outputs["one forward, all layers"], outputs["one forward per layer"]
     assert a.shape == b.shape == (len(texts), args.layers, args.hidden)
     max_diff = float((a - b).abs().max())
     forwards = {}
-    for name, fn in contenders.items():
+    for name, fn in list(contenders.items())[:2]:
         with ForwardCounter(model) as counter:
             fn()
         forwards[name] = counter.count
@@ -627,6 +646,10 @@ def bench_activations(args: argparse.Namespace, device: torch.device, bench: Ran
             "forward_ratio": forwards["one forward per layer"]
             / max(1, forwards["one forward, all layers"]),
             "speedup_over_layers": speedup / n_layers,
+            "logits_everywhere_over_one_pass": median(
+                times["one forward, all layers, logits everywhere"]
+            )
+            / median(times["one forward, all layers"]),
             "max_abs_difference": max_diff,
         },
     )
@@ -647,6 +670,17 @@ def quiet_lightning() -> Iterator[None]:
     finally:
         for n, level in levels.items():
             logging.getLogger(n).setLevel(level)
+
+
+@contextlib.contextmanager
+def working_folder(folder: Path) -> Iterator[None]:
+    """Run the block in `folder` (contextlib.chdir needs Python 3.11)."""
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def trial_config(args: argparse.Namespace, tiny: str, cache_dir: Path, layer: int) -> dict:
@@ -849,7 +883,8 @@ def bench_trial(args: argparse.Namespace, device: torch.device, tiny: str, what:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-trial-"))
     try:
-        with reuse_loaded_models(), quiet_lightning():
+        # chdir: Lightning saves each run's config.yaml in the working folder
+        with reuse_loaded_models(), quiet_lightning(), working_folder(workdir):
             model = load_model(tiny, dtype=args.dtype).to(device)
             tok = load_tokenizer(tiny)
             layer = model.config.num_hidden_layers // 2
@@ -977,15 +1012,10 @@ def run_search(args: argparse.Namespace, tiny: str, workdir: Path, pruner: str) 
     argv = ["--config", str(config), "--root", str(folder / "logs"), "--study-name", "bench"]
     argv += ["--n-trials", str(args.trials), "--rounds", str(args.rounds), "--pruner", pruner]
     argv += ["--seed", str(args.seed)]
-    cwd = Path.cwd()
-    os.chdir(folder)  # Lightning writes nothing into the caller's folder
-    try:
-        start = time.perf_counter()
-        with quiet_lightning():
-            study = run(argv)
-        wall = time.perf_counter() - start
-    finally:
-        os.chdir(cwd)
+    start = time.perf_counter()
+    with quiet_lightning(), working_folder(folder):  # nothing lands in the caller's folder
+        study = run(argv)
+    wall = time.perf_counter() - start
     states = [t.state.name for t in study.trials]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return {

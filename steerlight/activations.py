@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import warnings
@@ -30,6 +31,8 @@ def read_activations(
     Read where steering writes: at the output of each decoder block (the last entry of
     `output_hidden_states` is after the final norm in most models, so it is not used).
     The reduction is a masked mean; pass a one-hot `read_mask` to read a single position.
+    Logits are computed for the last position only where the model allows it: over every
+    position they were a third of the pass on a 32k-vocabulary Llama (`scripts/bench.py`).
     """
     layers = decoder_layers(model)
     weights = read_mask.float() / read_mask.sum(1, keepdim=True).clamp(min=1)
@@ -44,11 +47,28 @@ def read_activations(
 
     handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            **skip_logits_kwargs(model),
+        )
     finally:
         for h in handles:
             h.remove()
     return torch.stack(out, dim=1)  # type: ignore[arg-type]
+
+
+def skip_logits_kwargs(model: nn.Module) -> dict[str, int]:
+    """Forward arguments that keep the LM head to one position, where the model takes them."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    for name in ("logits_to_keep", "num_logits_to_keep"):  # Transformers 5, then 4.x
+        if name in params:
+            return {name: 1}
+    return {}
 
 
 def read_mask_for(attention_mask: Tensor, start: Tensor, how: ReadPosition) -> Tensor:

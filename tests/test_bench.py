@@ -46,4 +46,5 @@ def test_quick_benchmark_writes_every_ratio(tmp_path: Path, gsm8k_dir: Path) -> 
     table = out.with_suffix(".md").read_text()
     assert "| benchmark | ratio | target | met | measured |" in table
     assert len([line for line in table.splitlines() if line.startswith("| ")]) == 2 + 5
-    assert not list(tmp_path.glob("lightning_logs")), "nothing is written into the caller's folder"
+    written = {p.name for p in tmp_path.iterdir()}
+    assert written == {"bench.json", "bench.md"}, "nothing else lands in the caller's folder"
