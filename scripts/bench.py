@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="synthetic",
         help="data source for the tiny model (it was trained on the synthetic format)",
     )
-    g.add_argument("--val", type=int, default=80, help="val questions of a trial")
-    g.add_argument("--train", type=int, default=64, help="train rows (contrastive pairs)")
+    g.add_argument("--val", type=int, default=120, help="val questions of a trial")
+    g.add_argument("--train", type=int, default=256, help="train rows (contrastive pairs)")
     g.add_argument("--trial-batch", type=int, default=40, help="steerlight's val batch size")
     g.add_argument(
         "--max-new-tokens", type=int, default=256, help="generation limit of both pipelines"
