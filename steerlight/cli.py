@@ -103,6 +103,8 @@ class SteerlightCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
+        # which --model.* flags the user gave: they beat a checkpoint's saved arguments
+        self._argv = [] if isinstance(args, dict) else argv
         for path in _config_files(argv):
             read_yaml(path)  # a missing file or a YAML syntax error, named in one line
         self._parse(parser, args)
@@ -125,13 +127,26 @@ class SteerlightCLI(LightningCLI):
             check_checkpoint(path)  # before Lightning's loader turns a bad file into a traceback
 
     def _parse_ckpt_path(self) -> None:
-        # Lightning overrides the model's arguments with those saved in --ckpt_path.
+        """The model arguments saved in --ckpt_path, except those given as `--model.*` flags.
+
+        Lightning's own version applies every saved argument over the parsed config, so
+        ``test --ckpt best --model.alpha 3`` would silently test the saved alpha.
+        """
+        import torch
         from jsonargparse import ArgumentError
 
+        sub = self.config.get("subcommand")
+        path = sub and self.config[sub].get("ckpt_path")
+        if not path or not Path(path).is_file():
+            return
+        saved = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters")
+        flags = {a[len("--model.") :].split("=")[0] for a in self._argv if a.startswith("--model.")}
+        kept = {k: v for k, v in (saved or {}).items() if k not in flags and k != "_instantiator"}
+        if not kept:
+            return
         try:
-            super()._parse_ckpt_path()
+            self.config = self.parser.parse_object({sub: {"model": kept}}, self.config)
         except ArgumentError as err:
-            path = self.config[self.config.subcommand].get("ckpt_path")
             raise SteerlightError(
                 f"checkpoint {path} holds model arguments this steerlight does not accept "
                 f"({_explain(str(err), self.parser)}); fit a new checkpoint"

@@ -205,7 +205,7 @@ def _naive_dac(model, ids, mask, vectors, *, alpha_max, top_p, batchmean, positi
 CASES = [
     # arch, per-step vectors, positions, batchmean, vector norm, alpha_max
     ("llama", False, "prompt_end+generated", False, 30.0, 0.3),
-    ("llama", True, "generated", False, 30.0, 0.3),
+    ("llama", True, "generated", False, 30.0, 0.2),
     ("gpt2", True, "prompt_end+generated", False, 30.0, 0.3),
     ("falcon", False, "all", False, 30.0, 0.2),
     ("gemma2", False, "prompt_end+generated", False, 1000.0, 0.3),  # sliding window 16 < 32

@@ -213,6 +213,11 @@ def test_cli_fit_validate_test(llama, tmp_path):
     test = cli_main(["test", "--config", str(config), "--ckpt_path", ckpt])
     assert "test/acc_strict" in test.trainer.callback_metrics
     assert len(test.model.samples["test"]) == 6
+    # A flag beats the checkpoint's saved argument; the other saved arguments still apply.
+    flagged = cli_main(
+        ["test", "--config", str(config), "--ckpt_path", ckpt, "--model.alpha", "0.5"]
+    )
+    assert flagged.model.hparams.alpha == 0.5 and flagged.model.hparams.layer == 1
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

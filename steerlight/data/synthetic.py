@@ -5,9 +5,11 @@ first step combines two fresh numbers; each later step combines the running resu
 new number. The gold answer has one line per step with a GSM8K calculator note, e.g.
 ``She bakes 3 x 4 = <<3*4=12>>12 cookies.``, then ``#### 12``.
 
-Problems are kept learnable for a tiny model: operands are small (2..20, multiplication by at
-most 10 on the first step and 2..5 on a running value of at most 20), every intermediate and
-final result is an integer from 2 to about 130, division is exact, and the phrasing is regular.
+Problems are kept learnable for a tiny model: a new number in a question is at most 15 and
+usually one digit (first steps add 2..12 and 2..9, multiply 2..5 by 2..9, subtract 2..9 from
+6..15; later steps add, subtract or divide by 2..9 or 2..5, and multiply a running value of at
+most 12 by 2 or 3), every intermediate and final result is an integer from 2 to about 60,
+division is exact, and the phrasing is regular.
 Only the `random.Random` passed in (or seeded here) is used, never the global random state.
 """
 
@@ -20,6 +22,9 @@ from dataclasses import dataclass, field
 from steerlight.data.splits import normalize_question
 
 Row = dict[str, str]
+
+VERSION = 2
+"""Bumped whenever the same seed would generate different problems (the tiny model's cache key)."""
 
 # Operators: "r-" is reversed subtraction (new number minus the running value).
 _SHOWN = {"+": "+", "-": "-", "*": "x", "/": "/", "r-": "-"}
@@ -655,25 +660,25 @@ def _calc(op: str, x: int, y: int) -> tuple[str, int]:
 def _first_operands(rng: random.Random, op: str) -> tuple[int, int]:
     """Two fresh operands for a first step: small, with a result of at least 2."""
     if op == "*":
-        return rng.randint(2, 9), rng.randint(2, 10)
+        return rng.randint(2, 5), rng.randint(2, 9)
     if op == "+":
-        return rng.randint(2, 20), rng.randint(2, 20)
-    a = rng.randint(6, 20)
-    return a, rng.randint(2, a - 2)
+        return rng.randint(2, 12), rng.randint(2, 9)
+    a = rng.randint(6, 15)
+    return a, rng.randint(2, min(9, a - 2))
 
 
 def _later_operand(rng: random.Random, op: str, v: int) -> int | None:
     """A new operand for combining with running value `v`, or None when `op` does not fit `v`."""
     if op == "+":
-        return rng.randint(2, 20)
+        return rng.randint(2, 9)
     if op == "-":
-        return rng.randint(2, min(20, v - 2)) if v >= 4 else None
+        return rng.randint(2, min(9, v - 2)) if v >= 4 else None
     if op == "*":
-        return rng.randint(2, 5) if v <= 20 else None
+        return rng.randint(2, 3) if v <= 12 else None
     if op == "/":
-        divisors = [d for d in range(2, 11) if v % d == 0 and v // d >= 2]
+        divisors = [d for d in range(2, 6) if v % d == 0 and v // d >= 2]
         return rng.choice(divisors) if divisors else None
-    return v + rng.randint(2, 20)  # "r-": the new number minus v
+    return v + rng.randint(2, 9)  # "r-": the new number minus v
 
 
 def build_problem(rng: random.Random, n_steps: int, template: str | None = None) -> Problem:
