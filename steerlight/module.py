@@ -525,7 +525,7 @@ class SteeredLM(pl.LightningModule):
         for mode, value in values.items():
             self.log(f"{stage}/acc_{mode}", value)
         # `<stage>/acc` is what checkpoints and the search monitor: strict match.
-        self.log(f"{stage}/acc", values["strict"])
+        self.log(f"{stage}/acc", values["strict"], prog_bar=True)  # shown at the end of fit
         total = self.metrics[f"{stage}_strict"].total.float()  # this rank's count
         self.log(f"{stage}/questions", total, sync_dist=True, reduce_fx="sum")
         self._log_samples(stage)

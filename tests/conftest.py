@@ -126,3 +126,35 @@ def tiny_model() -> Path:
     from steerlight.tiny import tiny_model_path
 
     return tiny_model_path()
+
+
+# ---- search studies on a tiny model (tests/test_search.py, tests/test_workers.py) --------------
+
+SEARCH_BASE = {
+    "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
+    "model": {"max_new_tokens": 3},
+    "data": {
+        "source": "synthetic",
+        "synthetic_train_size": 60,
+        "synthetic_test_size": 4,
+        "val_size": 8,
+        "n_shots": 0,
+        "limit_train": 6,
+        "batch_size": 2,
+    },
+}
+"""A seconds-long search config: 8 val questions, 3 new tokens."""
+
+
+def write_search_config(tmp_path: Path, model: Path, space: dict) -> Path:
+    """`SEARCH_BASE` on `model` with the search space `space`, written to tmp_path/study.yaml."""
+    import copy
+
+    import yaml
+
+    config = copy.deepcopy(SEARCH_BASE)
+    config["model"].update(model_name_or_path=str(model), cache_dir=str(tmp_path / "cache"))
+    config["search"] = space
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

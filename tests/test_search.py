@@ -10,38 +10,15 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import subprocess_env
+from conftest import subprocess_env, write_search_config
 
 from steerlight.errors import SteerlightError
 from steerlight.search import load_config, run
-
-BASE = {
-    "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-    "model": {"max_new_tokens": 3},
-    "data": {
-        "source": "synthetic",
-        "synthetic_train_size": 60,
-        "synthetic_test_size": 4,
-        "val_size": 8,
-        "n_shots": 0,
-        "limit_train": 6,
-        "batch_size": 2,
-    },
-}
 
 
 @pytest.fixture(scope="module")
 def llama(tiny_llama_dir) -> Path:
     return tiny_llama_dir
-
-
-def write_config(tmp_path: Path, model: Path, space: dict) -> Path:
-    config = json.loads(json.dumps(BASE))
-    config["model"].update(model_name_or_path=str(model), cache_dir=str(tmp_path / "cache"))
-    config["search"] = space
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def search(tmp_path: Path, config: Path, *flags: str) -> optuna.Study:
@@ -52,7 +29,7 @@ def search(tmp_path: Path, config: Path, *flags: str) -> optuna.Study:
 def test_trial_states_artefacts_and_resume(llama, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     space = {"method": ["caa"], "layer": [0, 9], "alpha": {"low": -4.0, "high": 4.0}}
-    config = write_config(tmp_path, llama, space)
+    config = write_search_config(tmp_path, llama, space)
     study = search(tmp_path, config, "--n-trials", "6", "--sampler", "random")
     trials = study.trials
     assert trials[0].params["alpha"] == 0.0 and trials[0].user_attrs["baseline"] is True
@@ -78,7 +55,8 @@ def test_trial_states_artefacts_and_resume(llama, tmp_path, monkeypatch):
 
 def test_identical_configuration_is_not_generated_twice(llama, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path, llama, {"method": ["caa"], "layer": [0], "alpha": [0.0, 2.0]})
+    space = {"method": ["caa"], "layer": [0], "alpha": [0.0, 2.0]}
+    config = write_search_config(tmp_path, llama, space)
     study = search(tmp_path, config, "--n-trials", "5", "--sampler", "random", "--pruner", "none")
     twins = [t for t in study.trials if "duplicate_of" in t.user_attrs]
     assert len(twins) >= 3  # only two distinct configurations exist
@@ -93,7 +71,7 @@ def test_unsteered_generations_are_reused_across_trials(llama, tmp_path, monkeyp
     space = {"method": ["none", "caa"], "layer": [0], "alpha": {"low": 0.0, "high": 0.0}}
     space["alpha"] = [0.0]
     space["positions"] = ["all", "generated"]
-    config = write_config(tmp_path, llama, space)
+    config = write_search_config(tmp_path, llama, space)
     study = search(tmp_path, config, "--n-trials", "3", "--sampler", "random", "--pruner", "none")
     tokens = [t.user_attrs.get("generated_tokens") for t in study.trials if t.value is not None]
     tokens = [n for n in tokens if n is not None]
@@ -111,14 +89,15 @@ def test_unsteered_generations_are_reused_across_trials(llama, tmp_path, monkeyp
     ],
 )
 def test_bad_search_space(tmp_path, llama, space, message):
-    config = write_config(tmp_path, llama, space)
+    config = write_search_config(tmp_path, llama, space)
     with pytest.raises(SteerlightError, match=message):
         load_config(config, None)
 
 
 def test_search_then_test_ckpt_best_from_a_fresh_process(llama, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path, llama, {"layer": [0], "alpha": {"low": -2.0, "high": 2.0}})
+    space = {"layer": [0], "alpha": {"low": -2.0, "high": 2.0}}
+    config = write_search_config(tmp_path, llama, space)
     search(tmp_path, config, "--n-trials", "3")
     env_cmd = [
         sys.executable,

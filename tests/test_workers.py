@@ -17,8 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
-from conftest import subprocess_env
+from conftest import subprocess_env, write_search_config
 
 from steerlight.checkpoint import check_checkpoint
 from steerlight.cli import cli_main
@@ -29,19 +28,6 @@ FINISHED = (
     optuna.trial.TrialState.PRUNED,
     optuna.trial.TrialState.FAIL,
 )
-BASE = {
-    "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-    "model": {"max_new_tokens": 3},
-    "data": {
-        "source": "synthetic",
-        "synthetic_train_size": 60,
-        "synthetic_test_size": 4,
-        "val_size": 8,
-        "n_shots": 0,
-        "limit_train": 6,
-        "batch_size": 2,
-    },
-}
 PIPES = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
 # A continuous alpha: two workers never draw the same configuration by chance, so every
 # repeated configuration in a study would be a bug (the baseline enqueued twice, a retry
@@ -52,15 +38,6 @@ SPACE = {"layer": [0, 1], "alpha": {"low": -3.0, "high": 3.0}}
 @pytest.fixture(scope="module")
 def llama(tiny_llama_dir) -> Path:
     return tiny_llama_dir
-
-
-def write_config(tmp_path: Path, model: Path) -> Path:
-    config = json.loads(json.dumps(BASE))
-    config["model"].update(model_name_or_path=str(model), cache_dir=str(tmp_path / "cache"))
-    config["search"] = SPACE
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def worker_command(config: Path, root: Path, name: str, *flags: str) -> list[str]:
@@ -112,7 +89,7 @@ def test_a_trial_waits_for_an_identical_trial_another_worker_runs():
 
 def test_max_trials_is_a_budget_for_the_whole_study(llama, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path, llama)
+    config = write_search_config(tmp_path, llama, SPACE)
     root = tmp_path / "lightning_logs"
     flags = ["--config", str(config), "--root", str(root), "--rounds", "2", "--pruner", "none"]
     flags += ["--sampler", "random"]
@@ -130,7 +107,7 @@ def test_max_trials_is_a_budget_for_the_whole_study(llama, tmp_path, monkeypatch
 
 def test_two_workers_share_one_postgres_study(postgres_url, llama, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path, llama)
+    config = write_search_config(tmp_path, llama, SPACE)
     root = tmp_path / "lightning_logs"
     name = f"two_workers_{uuid.uuid4().hex[:8]}"
     command = worker_command(config, root, name, "--storage", postgres_url, "--max-trials", "6")
@@ -167,7 +144,7 @@ def test_two_workers_share_one_postgres_study(postgres_url, llama, tmp_path, mon
 
 
 def test_a_killed_worker_loses_nothing_and_its_trial_is_retried(llama, tmp_path):
-    config = write_config(tmp_path, llama)
+    config = write_search_config(tmp_path, llama, SPACE)
     root = tmp_path / "lightning_logs"
     # Heartbeats every second: a trial silent for 2 s belongs to a dead worker.
     command = worker_command(
