@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import sys
 import time
 from collections import defaultdict
@@ -35,7 +34,7 @@ def main() -> None:
     parser.add_argument(
         "--home", type=str | None, default=None, help="STEERLIGHT_HOME for this run."
     )
-    parser.add_argument("--reuse", type=bool, default=False, help="Score the cached build.")
+    parser.add_argument("--reuse", action="store_true", help="Score the cached build.")
     parser.add_argument("--limit-test", type=int, default=500, help="Test questions to score.")
     parser.add_argument("--shots", type=list[int], default=[0, 2], help="Exemplar counts.")
     parser.add_argument("--json", type=str | None, default=None, help="Also write JSON here.")
@@ -46,7 +45,7 @@ def main() -> None:
         os.environ["STEERLIGHT_HOME"] = args.home
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from steerlight.tiny import default_test_rows, evaluate, tiny_model_path, training_rows
+    from steerlight.tiny import default_test_rows, eval_exemplars, evaluate, tiny_model_path
 
     load_before = os.getloadavg()
     wall, cpu = time.perf_counter(), time.process_time()
@@ -75,9 +74,8 @@ def main() -> None:
         print(f"build (recorded when built): {meta['metrics']['build_seconds']} s")
 
     test = default_test_rows(recipe)[: args.limit_test]
-    pool = training_rows(recipe)
     for shots in args.shots:
-        exemplars = random.Random(f"{recipe.data_seed}-exemplars").sample(pool, shots)
+        exemplars = eval_exemplars(recipe, shots)
         start = time.perf_counter()
         records = evaluate(path, test, exemplars)
         by_steps: dict[int, list[bool]] = defaultdict(list)
