@@ -180,6 +180,16 @@ def test_synthetic_splits_sizes_disjoint_deterministic() -> None:
     assert synthetic_splits(n_train=1500, n_test=300, seed=5) != splits
 
 
+def test_splits_are_made_once_but_returned_as_fresh_rows() -> None:
+    first = synthetic_splits(n_train=30, n_test=5, seed=7)
+    first["train"][0]["question"] = "changed by a caller"
+    first["test"].clear()
+    again = synthetic_splits(n_train=30, n_test=5, seed=7)
+    assert again["train"][0]["question"] != "changed by a caller" and len(again["test"]) == 5
+    assert again == {"train": synthetic.generate(35, seed=7)[:30], "test": again["test"]}
+    assert synthetic._stream.cache_info().hits >= 1
+
+
 def test_default_splits_are_valid_and_disjoint() -> None:
     splits = synthetic_splits()
     assert len(splits["train"]) == 4000 and len(splits["test"]) == 500
@@ -198,5 +208,6 @@ def test_overlap_check_raises(monkeypatch) -> None:
         return [*rows, dup]  # the last (test) row repeats the first train row, re-cased
 
     monkeypatch.setattr(synthetic, "generate", leaky)
+    synthetic._stream.cache_clear()  # splits made before came from the real generator
     with pytest.raises(RuntimeError, match="shares 1 question"):
         synthetic_splits(n_train=20, n_test=5, seed=0)
