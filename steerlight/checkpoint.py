@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from steerlight.errors import SteerlightError
+from steerlight.io import plain_file_mode
 
 
 class SteeringCheckpoint(ModelCheckpoint):
@@ -49,6 +50,7 @@ class SteeringCheckpoint(ModelCheckpoint):
                 dir=Path(filepath).parent, prefix=f".{Path(filepath).name}.", suffix=".tmp"
             )
             os.close(fd)
+            os.chmod(tmp, plain_file_mode())  # not mkstemp's 0600: results are shared
         try:
             super()._save_checkpoint(trainer, tmp or filepath)
             if tmp is not None:

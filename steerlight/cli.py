@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from steerlight import layout
 from steerlight.checkpoint import SteeringCheckpoint, check_checkpoint
 from steerlight.data.datamodule import GSM8KDataModule
 from steerlight.errors import SteerlightError, one_line
@@ -73,39 +74,30 @@ class SteerlightCLI(LightningCLI):
     `--ckpt best|last|PATH` that rebuilds a run from its saved config and checkpoint."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.model_name_or_path", "data.tokenizer")
-        parser.link_arguments("data.preset", "model.preset")
-        parser.set_defaults(
-            {
-                "trainer.max_epochs": 1,
-                "trainer.num_sanity_val_steps": 0,
-                "trainer.enable_model_summary": False,
-            }
-        )
+        link_run_arguments(parser)
         parser.add_argument(
             "--ckpt",
             default=None,
-            help="best: the best checkpoint of the latest search (or of --study_name); "
-            "last: the newest checkpoint under --logs_root; or a checkpoint path. The run's "
-            "saved config is loaded first, so only flags you pass change it.",
+            help="best: the best checkpoint of the newest study under --root (or of "
+            "--study-name); last: the newest checkpoint under --root; or a checkpoint path. "
+            "The run's saved config is loaded first, so only flags you pass change it.",
         )
-        parser.add_argument("--study_name", default=None, help="The study `--ckpt best` reads.")
+        add_location_arguments(parser)
         parser.add_argument(
             "--search",
             type=dict | None,
             default=None,
             help="The search space that `python -m steerlight.search` reads from the same "
-            "config file; ignored here.",
-        )
-        parser.add_argument(
-            "--logs_root", default="lightning_logs", help="Where --ckpt looks for runs."
+            "config file; ignored by fit/validate/test/predict.",
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
-        # which --model.* flags the user gave: they beat a checkpoint's saved arguments
-        self._argv = [] if isinstance(args, dict) else argv
-        for path in _config_files(argv):
+        if isinstance(args, dict):
+            argv = []
+        else:
+            argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
+        self._argv = argv  # the --model.* flags given: they beat a checkpoint's saved arguments
+        for path in config_files(argv):
             read_yaml(path)  # a missing file or a YAML syntax error, named in one line
         self._parse(parser, args)
         sub = self.config.get("subcommand")
@@ -114,7 +106,7 @@ class SteerlightCLI(LightningCLI):
             if sub == "fit":
                 raise SteerlightError("--ckpt is for validate, test and predict")
             ckpt, config = resolve_checkpoint(
-                spec, self.config[sub].get("study_name"), Path(self.config[sub].logs_root)
+                spec, self.config[sub].get("study_name"), Path(self.config[sub].root)
             )
             at = argv.index(sub) + 1
             saved = ["--config", str(config)] if config else []
@@ -162,7 +154,7 @@ class SteerlightCLI(LightningCLI):
             raise SteerlightError(_explain(str(err), parser)) from None
 
 
-def _config_files(argv: list[str]) -> list[str]:
+def config_files(argv: list[str]) -> list[str]:
     """The files passed with --config / -c on a command line."""
     files = []
     for i, arg in enumerate(argv):
@@ -217,28 +209,51 @@ def _parser_keys(parser) -> list[str]:
 def resolve_checkpoint(spec: str, study: str | None, root: Path) -> tuple[Path, Path | None]:
     """A checkpoint named by `best`, `last` or a path, and the config of the run that wrote it."""
     if spec == "best":
-        pattern = f"{study}/best.ckpt" if study else "*/best.ckpt"
-        found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
-        if not found:
-            where = f"study {study!r}" if study else "any study"
-            raise SteerlightError(
-                f"--ckpt best: {where} under {root}/ has no best.ckpt; "
-                "run `python -m steerlight.search` first, or pass a checkpoint path"
-            )
-        return found[-1], found[-1].with_name("best.yaml")
-    if spec == "last":
-        found = sorted(root.glob("**/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise SteerlightError(f"--ckpt last: no checkpoint under {root}/; run `fit` first")
-        path = found[-1]
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise SteerlightError(f"--ckpt {spec}: no such checkpoint file (or use best / last)")
-    for config in (path.with_name("best.yaml"), path.parent.parent / "config.yaml"):
-        if config.is_file():
-            return path, config
-    return path, None
+        return layout.find_best(root, study)
+    path = layout.find_last(root) if spec == "last" else Path(spec)
+    if not path.is_file():
+        raise SteerlightError(f"--ckpt {spec}: no such checkpoint file (or use best / last)")
+    return path, layout.run_config(path)
+
+
+def link_run_arguments(parser: LightningArgumentParser) -> None:
+    """The data module's tokenizer and the model's preset follow the model and data settings."""
+    parser.link_arguments("model.model_name_or_path", "data.tokenizer")
+    parser.link_arguments("data.preset", "model.preset")
+    parser.set_defaults(
+        {
+            "trainer.max_epochs": 1,
+            "trainer.num_sanity_val_steps": 0,
+            "trainer.enable_model_summary": False,
+        }
+    )
+
+
+def add_location_arguments(parser: LightningArgumentParser) -> None:
+    """--study-name and --root, spelled (and meaning) the same for every command."""
+    parser.add_argument(
+        "--study-name",
+        "--study_name",
+        default=None,
+        help="The study: the search's study name (default: the config file's stem); "
+        "`--ckpt best` reads this study's best checkpoint (default: the newest study).",
+    )
+    parser.add_argument(
+        "--root",
+        "--logs-root",
+        "--logs_root",
+        default="lightning_logs",
+        help="The folder that holds the study folders (and where --ckpt looks for runs).",
+    )
+
+
+DESCRIPTION = (
+    "steerlight: activation-steering search for Hugging Face causal LMs on GSM8K. fit: steering "
+    "vectors and probes on train, scored on val; validate / test / predict: a fitted "
+    "configuration (`test --ckpt best` gives the verdict on test, beside the unsteered "
+    "baseline); search: Optuna over method, layer and strength (`python -m steerlight search "
+    "--help`); tiny: build the embedded offline model."
+)
 
 
 def cli_main(
@@ -246,11 +261,14 @@ def cli_main(
     run: bool = True,
     extra_callbacks: Sequence[Callback] = (),
     checkpoint: bool = True,
+    cli_class: type[SteerlightCLI] = SteerlightCLI,
+    parser_kwargs: dict[str, Any] | None = None,
 ) -> SteerlightCLI:
     """Build (and with `run`, execute) the CLI; `args` is an argv list or a config dict."""
     quiet_expected_warnings()
     callbacks = [SteeringCheckpoint()] if checkpoint else []
-    return SteerlightCLI(
+    kwargs = {"prog": "python -m steerlight", "description": DESCRIPTION, **(parser_kwargs or {})}
+    return cli_class(
         SteeredLM,
         GSM8KDataModule,
         seed_everything_default=0,
@@ -259,7 +277,7 @@ def cli_main(
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # nothing is trained
         # bad input raises (and becomes one line) instead of printing the whole usage text
-        parser_kwargs={"exit_on_error": False},
+        parser_kwargs={"exit_on_error": False, **kwargs},
         args=args,
         run=run,
     )

@@ -26,12 +26,22 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
+    # mkstemp makes the file 0600; give it the mode a plain open() would (0644 under umask
+    # 022), so a team sharing --root can read each other's results
+    os.chmod(tmp, plain_file_mode())
     try:
         yield Path(tmp)
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def plain_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file under the current umask."""
+    mask = os.umask(0)  # the only portable way to read the umask is to set it
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -132,7 +132,7 @@ def tiny_model() -> Path:
 
 SEARCH_BASE = {
     "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
-    "model": {"max_new_tokens": 3},
+    "model": {"generation": {"max_new_tokens": 3}},
     "data": {
         "source": "synthetic",
         "synthetic_train_size": 60,

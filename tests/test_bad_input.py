@@ -28,12 +28,12 @@ import yaml
 from conftest import subprocess_env
 
 import steerlight.__main__
-import steerlight.search
+import steerlight.search.command
 from steerlight.errors import SteerlightError
 
 BASE = {
     "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "logger": False},
-    "model": {"layer": 1, "alpha": 2.0, "max_new_tokens": 3},
+    "model": {"layer": 1, "alpha": 2.0, "generation": {"max_new_tokens": 3}},
     "data": {
         "source": "synthetic",
         "synthetic_train_size": 60,
@@ -126,7 +126,7 @@ def workspace(tmp_path_factory, tiny_llama_dir, single_torch_thread) -> Workspac
     ws.replaced_checkpoint = Path(fit.trainer.checkpoint_callback.last_model_path)
     build_tiny_model("llama", ws.other_model, seed=1)
     study_config = ws.config("study.yaml", search=SPACE)
-    steerlight.search.run(
+    steerlight.search.command.run(
         ["--config", str(study_config), "--root", str(root / "studies"), "--n-trials", "1"]
     )
     return ws
@@ -143,7 +143,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def run_cli(entry: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
     """`python -m steerlight ARGV` (or `.search`) in this process: exit status and stderr."""
-    main = {"steerlight": steerlight.__main__.main, "search": steerlight.search.main}[entry]
+    main = {"steerlight": steerlight.__main__.main, "search": steerlight.search.command.main}[entry]
     monkeypatch.setattr(sys, "argv", [entry, *argv])
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:

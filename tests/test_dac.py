@@ -13,16 +13,16 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
 from steerlight.model.generation import GenerationSettings, cut_at_stop, generate
-from steerlight.model.hooks import steer
 from steerlight.model.layers import decoder_layers
 from steerlight.steering.dac import (
     DACGeneration,
     dac_alpha,
     dac_generate,
     dac_kl,
-    icl_step_vectors,
     nucleus_mask,
 )
+from steerlight.steering.hooks import steer
+from steerlight.steering.icl import icl_step_vectors
 
 PROMPTS = [
     "Question: How many cows does the farmer have now?",

@@ -10,7 +10,7 @@ import pytest
 from steerlight.data.datamodule import GSM8KDataModule
 from steerlight.data.prompts import CHAT_INSTRUCTION, get_preset
 from steerlight.errors import SteerlightError
-from steerlight.tokenizer import build_tokenizer
+from steerlight.tiny.tokenizer import build_tokenizer
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 EXEMPLAR = {

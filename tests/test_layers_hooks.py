@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from steerlight.model.generation import GenerationSettings, generate
-from steerlight.model.hooks import POSITIONS, Steering, steer
+from steerlight.steering.hooks import POSITIONS, Steering, steer
 from steerlight.model.layers import decoder_layers, resolve_layer
 
 PROMPTS = [

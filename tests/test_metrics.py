@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from steerlight.answers import INVALID
-from steerlight.metrics import ExactMatch
+from steerlight.eval.metrics import ExactMatch
 
 PREDS = ["18", INVALID, "5.0", "1,234", "7"]
 GOLDS = ["18", "3", "5", "1234", "8"]  # 3 of 5 correct

@@ -45,7 +45,7 @@ def datamodule(path: Path, **kw) -> GSM8KDataModule:
 
 
 def steered(path: Path, tmp_path: Path, **kw) -> SteeredLM:
-    args = dict(model_name_or_path=str(path), layer=1, alpha=3.0, max_new_tokens=6)
+    args = dict(model_name_or_path=str(path), layer=1, alpha=3.0, generation={"max_new_tokens": 6})
     return SteeredLM(**{**args, "cache_dir": str(tmp_path / "cache"), **kw})
 
 
@@ -184,7 +184,7 @@ model:
   model_name_or_path: {model}
   layer: 1
   alpha: 2.0
-  max_new_tokens: 5
+  generation: {{max_new_tokens: 5}}
   cache_dir: {tmp_path}/cache
 data:
   source: synthetic
@@ -259,8 +259,8 @@ def test_dac_through_the_module(llama, tmp_path):
     runs = {}
     for name, kw in {
         "none": {"method": "none"},
-        "dac0": {"method": "dac", "dac_alpha_max": 0.0},
-        "dac": {"method": "dac", "dac_alpha_max": 8.0},
+        "dac0": {"method": "dac", "dac": {"alpha_max": 0.0}},
+        "dac": {"method": "dac", "dac": {"alpha_max": 8.0}},
     }.items():
         module = steered(llama, tmp_path, log_samples=100, **kw)
         trainer(tmp_path, logger=False).fit(module, dm)
@@ -270,17 +270,16 @@ def test_dac_through_the_module(llama, tmp_path):
 
 
 def test_dac_in_context_vectors(llama, tmp_path):
-    module = steered(
-        llama, tmp_path, method="dac", dac_vectors="icl", dac_steps=3, dac_alpha_max=8.0
-    )
+    dac = {"vectors": "icl", "steps": 3, "alpha_max": 8.0}
+    module = steered(llama, tmp_path, method="dac", dac=dac)
     trainer(tmp_path, logger=False).fit(module, datamodule(llama, n_shots=1, limit_train=4))
     vectors = module.steering["icl_vectors"]
     config = module.model.config
     assert vectors.shape == (4, config.num_hidden_layers, config.hidden_size)
-    assert module.step_vectors().shape == (4, config.hidden_size)
+    assert module.steering_vector("icl_vectors").shape == (4, config.hidden_size)
     with pytest.raises(SteerlightError, match="needs in-context exemplars"):
         trainer(tmp_path, logger=False).fit(
-            steered(llama, tmp_path, method="dac", dac_vectors="icl", dac_steps=2),
+            steered(llama, tmp_path, method="dac", dac={"vectors": "icl", "steps": 2}),
             datamodule(llama, n_shots=0),
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steerlight.report import mcnemar_exact, paired_bootstrap_ci, verdict
+from steerlight.eval.report import mcnemar_exact, paired_bootstrap_ci, verdict
 
 
 def test_mcnemar_exact_by_hand():

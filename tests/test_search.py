@@ -13,7 +13,7 @@ import yaml
 from conftest import subprocess_env, write_search_config
 
 from steerlight.errors import SteerlightError
-from steerlight.search import load_config, run
+from steerlight.search.command import parse_argv, run
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_unsteered_generations_are_reused_across_trials(llama, tmp_path, monkeyp
 def test_bad_search_space(tmp_path, llama, space, message):
     config = write_search_config(tmp_path, llama, space)
     with pytest.raises(SteerlightError, match=message):
-        load_config(config, None)
+        parse_argv(["--config", str(config)])
 
 
 def test_search_then_test_ckpt_best_from_a_fresh_process(llama, tmp_path, monkeypatch):

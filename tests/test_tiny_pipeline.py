@@ -15,7 +15,7 @@ from conftest import ROOT, subprocess_env
 
 from steerlight.data.datamodule import GSM8KDataModule
 from steerlight.module import SteeredLM
-from steerlight.search import run
+from steerlight.search.command import run
 from steerlight.tiny import default_test_rows, evaluate
 
 
@@ -44,7 +44,7 @@ def test_alpha_zero_is_the_baseline_and_a_large_alpha_lowers_accuracy(
         model_name_or_path=str(tiny_model),
         layer="auto",  # the layer whose probe separates good from bad solutions best
         alpha=0.0,
-        max_new_tokens=96,
+        generation={"max_new_tokens": 96},
         cache_dir=str(tmp_path / "cache"),
     )
     trainer = pl.Trainer(
@@ -81,7 +81,7 @@ def test_search_prunes_a_terrible_region_and_fails_a_bad_trial(tiny_model, tmp_p
         "trainer": {"accelerator": "cpu", "enable_progress_bar": False},
         "model": {
             "model_name_or_path": str(tiny_model),
-            "max_new_tokens": 96,
+            "generation": {"max_new_tokens": 96},
             "cache_dir": str(tmp_path / "cache"),
         },
         "data": {"source": "synthetic", "n_shots": 0, "limit_train": 64, "limit_val": 60},

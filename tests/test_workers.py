@@ -21,7 +21,8 @@ from conftest import subprocess_env, write_search_config
 
 from steerlight.checkpoint import check_checkpoint
 from steerlight.cli import cli_main
-from steerlight.search import _finished_twin, run
+from steerlight.search.command import run
+from steerlight.search.objective import _finished_twin
 
 FINISHED = (
     optuna.trial.TrialState.COMPLETE,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from steerlight.tokenizer import build_tokenizer
+from steerlight.tiny.tokenizer import build_tokenizer
 
 VOCAB_SIZE = 384
 """Model vocabulary size; at least as large as the trained tokenizer's vocabulary."""

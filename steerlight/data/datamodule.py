@@ -150,7 +150,9 @@ class GSM8KDataModule(pl.LightningDataModule):
         if self.tokenizer is None:
             raise SteerlightError("data.tokenizer is not set: pass a tokenizer name or path")
         if isinstance(self.tokenizer, str):
-            self.tokenizer = load_tokenizer(self.tokenizer)
+            from steerlight.tiny import resolve_model_name
+
+            self.tokenizer = load_tokenizer(resolve_model_name(self.tokenizer))
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

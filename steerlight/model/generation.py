@@ -4,7 +4,7 @@
 the model's own ``generation_config`` (which may ship ``do_sample=True``, a temperature, a
 ``max_length``, ``top_k``, repetition penalties, ...) is set aside for the call, so no hidden
 default leaks into an experiment and Transformers prints no "both max_new_tokens and
-max_length" style warnings. Steering hooks (`steerlight.model.hooks.steer`) work unchanged
+max_length" style warnings. Steering hooks (`steerlight.steering.hooks.steer`) work unchanged
 inside it.
 
 The KV cache is Transformers' own `DynamicCache`, except that its full-attention layers write
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationSettings:
     """How completions are decoded."""
 

@@ -30,13 +30,8 @@ def reuse_loaded_models() -> Iterator[None]:
         _LOADED = outer
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """Map the embedded default's name `tiny` to its cached folder (building it on first use)."""
-    if name_or_path == "tiny":
-        from steerlight.tiny import tiny_model_path
-
-        return str(tiny_model_path())
-    # A Hub id is `name` or `org/name`; anything else is meant as a folder on this machine.
+def check_model_path(name_or_path: str) -> str:
+    """A Hub id (`name` or `org/name`) as it is; anything else must be a folder on this machine."""
     local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
     if local and not Path(name_or_path).expanduser().is_dir():
         raise SteerlightError(
@@ -65,7 +60,7 @@ def load_model(
 def _load_model(name_or_path: str, revision, dtype: DType, trust_remote_code: bool) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(name_or_path)
+    path = check_model_path(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
@@ -83,7 +78,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     """The model's tokenizer, set up for left-padded batched generation."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(name_or_path)
+    path = check_model_path(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(
             path, revision=revision, trust_remote_code=trust_remote_code

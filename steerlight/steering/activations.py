@@ -7,7 +7,8 @@ import inspect
 import json
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -22,41 +23,59 @@ log = logging.getLogger(__name__)
 ReadPosition = Literal["last", "mean"]
 
 
+@contextmanager
+def read_layers(
+    model: nn.Module, layers: Sequence[int], reduce: Callable[[Tensor], Tensor]
+) -> Iterator[dict[int, Tensor]]:
+    """The one layer reader: within the block, each forward stores ``reduce(output)`` of every
+    decoder layer in `layers` (output = the block's hidden states, fp32) under its index.
+
+    Read where steering writes: at the output of each decoder block (the last entry of
+    `output_hidden_states` is after the final norm in most models, so it is not used). The
+    hooks are removed when the block ends, also on an exception.
+    """
+    blocks = decoder_layers(model)
+    got: dict[int, Tensor] = {}
+
+    def make_hook(i: int) -> Callable:
+        def hook(_module, _args, output):
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            got[i] = reduce(hidden.float())
+
+        return hook
+
+    handles = [blocks[i].register_forward_hook(make_hook(i)) for i in layers]
+    try:
+        yield got
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def read_activations(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, read_mask: Tensor
 ) -> Tensor:
     """Every decoder layer's output, reduced over the positions in `read_mask`: (B, L, H) fp32.
 
-    Read where steering writes: at the output of each decoder block (the last entry of
-    `output_hidden_states` is after the final norm in most models, so it is not used).
     The reduction is a masked mean; pass a one-hot `read_mask` to read a single position.
     Logits are computed for the last position only where the model allows it: over every
-    position they were a third of the pass on a 32k-vocabulary Llama (`scripts/bench.py`).
+    position they were a third of the pass on a 32k-vocabulary Llama (`scripts/bench`).
     """
-    layers = decoder_layers(model)
+    n = len(decoder_layers(model))
     weights = read_mask.float() / read_mask.sum(1, keepdim=True).clamp(min=1)
-    out: list[Tensor | None] = [None] * len(layers)
 
-    def make_hook(i: int) -> Callable:
-        def hook(_module, _args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            out[i] = torch.einsum("bth,bt->bh", hidden.float(), weights.to(hidden.device))
+    def masked_mean(hidden: Tensor) -> Tensor:
+        return torch.einsum("bth,bt->bh", hidden, weights.to(hidden.device))
 
-        return hook
-
-    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
-    try:
+    with read_layers(model, range(n), masked_mean) as out:
         model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             use_cache=False,
             **skip_logits_kwargs(model),
         )
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.stack(out, dim=1)  # type: ignore[arg-type]
+    return torch.stack([out[i] for i in range(n)], dim=1)
 
 
 def skip_logits_kwargs(model: nn.Module) -> dict[str, int]:

@@ -10,7 +10,7 @@ hits both alike, and reports medians.
    batched, length-sorted, stop strings) vs the naive loop of the original pipeline, written
    here (batch size 1, no stop strings, 256 new tokens, contrastive activations recomputed for
    every trial), on a trained model that stops by itself (the embedded ``tiny``). Target >= 10x.
-3. ``activations``: one forward reading every layer (`steerlight.activations`) vs one forward
+3. ``activations``: one forward reading every layer (`steerlight.steering.activations`) vs one forward
    per layer. Target: L times fewer forwards and >= 0.8 L speed-up.
 4. ``dac``: DAC generation (three KV caches) vs CAA generation, same length. Target <= 3x on CPU.
 5. ``pruning``: a 20-trial `steerlight.search` with the median pruner vs ``--pruner none``,
@@ -399,7 +399,7 @@ def bench_generation(
     from transformers import GenerationConfig
 
     from steerlight.model.generation import GenerationSettings, generate
-    from steerlight.model.hooks import steer
+    from steerlight.steering.hooks import steer
     from steerlight.steering.dac import dac_generate
 
     model, tok, source = bench.model, bench.tokenizer, bench.source
@@ -557,7 +557,7 @@ def activations_per_layer(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, read_mask: Tensor
 ) -> Tensor:
     """The naive way: one forward per layer, each reading only that layer's output (B, L, H)."""
-    from steerlight.activations import skip_logits_kwargs
+    from steerlight.steering.activations import skip_logits_kwargs
     from steerlight.model.layers import decoder_layers
 
     layers = decoder_layers(model)
@@ -587,8 +587,8 @@ def activations_per_layer(
 
 def bench_activations(args: argparse.Namespace, device: torch.device, bench: RandomBench) -> Result:
     """Part 3: all layers in one forward vs one forward per layer, same batches."""
-    from steerlight import activations
-    from steerlight.activations import read_activations
+    from steerlight.steering import activations
+    from steerlight.steering.activations import read_activations
 
     model, tok, source = bench.model, bench.tokenizer, bench.source
     texts = [

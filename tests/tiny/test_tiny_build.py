@@ -7,17 +7,19 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-import steerlight.tiny as tiny
+import steerlight.tiny.__main__ as tiny_cli
 from steerlight.data.prompts import get_preset
 from steerlight.data.splits import holdout_indices, normalize_question
 from steerlight.data.synthetic import synthetic_splits
-from steerlight.tiny import TinyRecipe, tiny_model_path
+from steerlight.tiny import TinyRecipe, cache, data, resolve_model_name, tiny_model_path, train
 
 MICRO = TinyRecipe(
     n_train=80,
@@ -91,7 +93,7 @@ def test_second_call_reuses_the_cache(built, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("the cached tiny model was rebuilt")
 
-    monkeypatch.setattr(tiny, "build_tiny_model", no_build)
+    monkeypatch.setattr(train, "build_tiny_model", no_build)
     assert tiny_model_path(MICRO) == path
     assert marker.stat().st_mtime_ns == before
     assert _tmp_dirs(path.parent) == []
@@ -167,14 +169,14 @@ def test_a_concurrent_builder_that_finishes_first_wins(built, tmp_path, monkeypa
     _, done = built
     monkeypatch.setenv("STEERLIGHT_HOME", str(tmp_path))
     final = tmp_path / "tiny" / MICRO.key()
-    real_build = tiny.build_tiny_model
+    real_build = train.build_tiny_model
 
     def build_while_another_process_finishes(recipe, out_dir):
         metrics = real_build(recipe, out_dir)
         shutil.copytree(done, final)  # the other process renames its build into place first
         return metrics
 
-    monkeypatch.setattr(tiny, "build_tiny_model", build_while_another_process_finishes)
+    monkeypatch.setattr(train, "build_tiny_model", build_while_another_process_finishes)
     other = (final / "tiny_recipe.json").read_text() if final.exists() else None
     assert other is None
     path = tiny_model_path(MICRO)
@@ -189,19 +191,19 @@ def test_force_rebuilds_and_replaces(tmp_path, monkeypatch):
     path = tiny_model_path(recipe)
     (path / "stale-extra-file").write_text("x")
     calls = []
-    real_build = tiny.build_tiny_model
-    monkeypatch.setattr(tiny, "build_tiny_model", lambda r, d: calls.append(d) or real_build(r, d))
+    real_build = train.build_tiny_model
+    monkeypatch.setattr(train, "build_tiny_model", lambda r, d: calls.append(d) or real_build(r, d))
     assert tiny_model_path(recipe) == path and calls == []
     assert tiny_model_path(recipe, force=True) == path
     assert len(calls) == 1
     assert not (path / "stale-extra-file").exists()
-    assert tiny._is_complete(path, recipe)
+    assert cache._is_complete(path, recipe)
     assert _tmp_dirs(path.parent) == []
 
 
 def test_training_rows_leave_out_val_and_test_questions():
     recipe = TinyRecipe()
-    rows = tiny.training_rows(recipe)
+    rows = data.training_rows(recipe)
     splits = synthetic_splits(recipe.n_train, recipe.n_test, seed=recipe.data_seed)
     val_idx = holdout_indices(recipe.n_train, recipe.val_holdout, recipe.data_seed)
     held = {normalize_question(splits["train"][i]["question"]) for i in val_idx}
@@ -216,10 +218,10 @@ def test_packed_rows_are_few_shot_prompts_with_loss_on_solutions(built):
     _, path = built
     tok = AutoTokenizer.from_pretrained(path)
     preset = get_preset("gsm8k")
-    rows = tiny.training_rows(MICRO)
-    examples = tiny._encode_examples(tok, rows)
-    sep = tiny._separator_ids(tok)
-    packed = tiny.pack_rows(examples, sep, tok.eos_token_id, 1000, seed=0, problems=(0, 0, 1))
+    rows = data.training_rows(MICRO)
+    examples = data._encode_examples(tok, rows)
+    sep = data._separator_ids(tok)
+    packed = data.pack_rows(examples, sep, tok.eos_token_id, 1000, seed=0, problems=(0, 0, 1))
     ids, kinds = next(packed)
     assert len(ids) == len(kinds) <= 1000 and ids[-1] == tok.eos_token_id
     text = tok.decode(ids[:-1])
@@ -233,9 +235,9 @@ def test_packed_rows_are_few_shot_prompts_with_loss_on_solutions(built):
     )
     # ... and it tokenizes the same way as a whole.
     assert tok(text, add_special_tokens=False)["input_ids"] == ids[:-1]
-    solutions = tok.decode([i for i, k in zip(ids, kinds, strict=True) if k == tiny.SOLUTION])
+    solutions = tok.decode([i for i, k in zip(ids, kinds, strict=True) if k == data.SOLUTION])
     assert solutions == "".join(preset.continuation(r["answer"]) for r in shots) + "</s>"
-    assert tiny.QUESTION in kinds and kinds[0] == 0
+    assert data.QUESTION in kinds and kinds[0] == 0
 
 
 def test_drills_target_the_results_of_training_notes(built):
@@ -243,38 +245,49 @@ def test_drills_target_the_results_of_training_notes(built):
 
     _, path = built
     tok = AutoTokenizer.from_pretrained(path)
-    drills = tiny._encode_drills(tok, tiny.training_rows(MICRO))
-    ids, kinds = next(tiny.drill_rows(drills, 64, seed=0))
+    drills = data._encode_drills(tok, data.training_rows(MICRO))
+    ids, kinds = next(data.drill_rows(drills, 64, seed=0))
     assert len(ids) <= 64
     text = tok.decode(ids)
     assert text.startswith(" <<") and text.endswith(">>")
-    targets = tok.decode([i for i, k in zip(ids, kinds, strict=True) if k == tiny.SOLUTION])
+    targets = tok.decode([i for i, k in zip(ids, kinds, strict=True) if k == data.SOLUTION])
     notes = text.split()
     assert targets == "".join(n.split("=")[1] for n in notes)
 
 
 def test_model_name_tiny_resolves_to_the_cache(built, monkeypatch):
-    from steerlight.model.loading import resolve_model_path
-
     home, path = built
-    monkeypatch.setattr(tiny, "tiny_model_path", lambda recipe=None, force=False: path)
-    assert resolve_model_path("tiny") == str(path)
-    assert resolve_model_path("some/model") == "some/model"
+    monkeypatch.setattr(cache, "tiny_model_path", lambda recipe=None, force=False: path)
+    assert resolve_model_name("tiny") == str(path)
+    assert resolve_model_name("some/model") == "some/model"
 
 
 def test_command_line_builds_prints_the_path_and_scores(built, monkeypatch, capsys):
     home, path = built
     monkeypatch.setenv("STEERLIGHT_HOME", str(home))
-    monkeypatch.setattr(tiny, "build_tiny_model", lambda *a: pytest.fail("rebuilt"))
+    monkeypatch.setattr(train, "build_tiny_model", lambda *a: pytest.fail("rebuilt"))
     argv = []
     for f in dataclasses.fields(TinyRecipe):
         argv += [f"--recipe.{f.name}", json.dumps(getattr(MICRO, f.name))]
-    tiny.main([*argv, "--eval", "3", "--max-new-tokens", "8"])
+    tiny_cli.main([*argv, "--eval", "3", "--max-new-tokens", "8"])
     out = capsys.readouterr().out.splitlines()
     assert out[0] == str(path)
     assert out[1].startswith("accuracy (0-shot, strict, 3 test questions): ")
     with pytest.raises(SystemExit):
-        tiny.main(["--help"])
+        tiny_cli.main(["--help"])
     help_text = capsys.readouterr().out
     assert "--force" in help_text
     assert "Seed of the weight initialisation" in help_text  # field docstrings are the help
+
+
+def test_importing_the_package_stays_cheap():
+    # `steerlight.tiny` is imported to resolve the model name `tiny`: it must not pull in
+    # torch, Lightning or transformers (only a build or an evaluation needs them), nor the
+    # model loader (which callers import after resolving the name: no import cycle).
+    code = (
+        "import sys, steerlight.tiny, steerlight.tiny.__main__\n"
+        "heavy = {'torch', 'lightning', 'transformers', 'steerlight.model.loading'}\n"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,89 @@
+"""Everything steerlight draws or writes to TensorBoard beside the scalars Lightning logs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SAMPLE_COLUMNS = ("question", "completion", "extracted", "gold", "correct")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def auc_figure(auc: Sequence[float]):
+    """Bar chart of held-out probe AUC per layer."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4, len(auc) * 0.3), 3))
+    ax.bar(range(len(auc)), auc)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set(xlabel="layer", ylabel="held-out AUC", ylim=(0, 1), title="probe AUC per layer")
+    fig.tight_layout()
+    return fig
+
+
+def samples_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Sample generations as a markdown table (TensorBoard's TEXT tab renders it)."""
+    table = ["| " + " | ".join(SAMPLE_COLUMNS) + " |", "|---" * len(SAMPLE_COLUMNS) + "|"]
+    for row in rows:
+        cells = (str(row[c]).replace("|", "\\|").replace("\n", "<br>") for c in SAMPLE_COLUMNS)
+        table.append("| " + " | ".join(cells) + " |")
+    return "\n".join(table)
+
+
+def log_dac_alphas(writer, stage: str, alphas: Sequence[Tensor]) -> None:
+    """DAC's alpha_t per generation step: mean/min/max over the rows still generating.
+
+    One scalar tag per statistic (`add_scalar`), not `add_scalars`, which makes a TensorBoard
+    sub-run per statistic.
+    """
+    if not alphas:
+        return
+    width = max(a.shape[1] for a in alphas)
+    pad = [torch.nn.functional.pad(a, (0, width - a.shape[1]), value=float("nan")) for a in alphas]
+    table = torch.cat(pad)
+    live = ~table.isnan()
+    for t in range(width):
+        column = table[live[:, t], t]
+        if len(column):
+            for stat, value in (
+                ("mean", column.mean()),
+                ("min", column.min()),
+                ("max", column.max()),
+            ):
+                writer.add_scalar(f"{stage}/dac_alpha_{stat}_by_step", float(value), t)
+
+
+def strength_figure(trials: Sequence[Any], title: str):
+    """Val accuracy against steering strength, one series per method x layer.
+
+    CAA's strength is `alpha`; DAC's is its `dac.alpha_max`.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for t in trials:
+        method = t.params.get("method", "caa")
+        strength = t.params.get("dac.alpha_max" if method == "dac" else "alpha")
+        if strength is None:
+            continue
+        label = f"{method} layer {t.params.get('layer', 'auto')}"
+        groups.setdefault(label, []).append((strength, t.value))
+    for label, points in sorted(groups.items()):
+        xs, ys = zip(*sorted(points), strict=True)
+        ax.plot(xs, ys, "o-", label=label)
+    ax.set(xlabel="strength (caa: alpha, dac: alpha_max)", ylabel="val accuracy (strict)")
+    ax.set_title(title)
+    if groups:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,113 @@
+"""Where steerlight's files live: a study's folder and the verdict files of a tested checkpoint.
+
+The one owner of these names: the search writes a study folder, `--ckpt best` reads it, and
+`test` writes its verdict beside the checkpoint it tested.
+
+    <root>/<study>/study.db              Optuna's SQLite storage (default storage)
+    <root>/<study>/trials.csv            one row per trial
+    <root>/<study>/best.yaml|.json|.ckpt the best trial's run config, summary and checkpoint
+    <root>/<study>/trial_NNNN/           each trial's TensorBoard run and checkpoints
+    <root>/<study>/summary/              the study's figures (TensorBoard)
+    <checkpoint folder>/final_results.json, predictions.jsonl, reproducibility.json
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from steerlight.errors import SteerlightError
+
+RESULTS = "final_results.json"
+PREDICTIONS = "predictions.jsonl"
+REPRODUCIBILITY = "reproducibility.json"
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_study_name(name: str) -> str:
+    """A study name is one safe path component: it can never point outside `--root`."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or name.endswith("."):
+        raise SteerlightError(
+            f"study name {name!r} is invalid: use letters, digits, '.', '_' and '-' "
+            "(one folder name, at most 128 characters, starting with a letter or digit)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class StudyFolder:
+    """The files of one study under `root`."""
+
+    root: Path
+    name: str
+
+    def __post_init__(self) -> None:
+        check_study_name(self.name)
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def storage_url(self) -> str:
+        return f"sqlite:///{self.path / 'study.db'}"
+
+    @property
+    def trials_csv(self) -> Path:
+        return self.path / "trials.csv"
+
+    @property
+    def best_yaml(self) -> Path:
+        return self.path / "best.yaml"
+
+    @property
+    def best_json(self) -> Path:
+        return self.path / "best.json"
+
+    @property
+    def best_ckpt(self) -> Path:
+        return self.path / "best.ckpt"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary"
+
+    @staticmethod
+    def trial_version(number: int) -> str:
+        """The TensorBoard version (sub-folder) of trial `number`."""
+        return f"trial_{number:04d}"
+
+
+def find_best(root: Path, study: str | None) -> tuple[Path, Path]:
+    """`--ckpt best`: the best checkpoint of `study` (or of the newest study) and its config."""
+    root = Path(root)
+    if study is not None:
+        found = [p for p in [StudyFolder(root, study).best_ckpt] if p.is_file()]
+    else:
+        found = sorted(root.glob("*/best.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        where = f"study {study!r}" if study else "any study"
+        raise SteerlightError(
+            f"--ckpt best: {where} under {root}/ has no best.ckpt; "
+            "run `python -m steerlight.search` first, or pass a checkpoint path"
+        )
+    return found[-1], found[-1].with_name("best.yaml")
+
+
+def find_last(root: Path) -> Path:
+    """`--ckpt last`: the newest checkpoint of any run under `root`."""
+    found = sorted(Path(root).glob("**/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SteerlightError(f"--ckpt last: no checkpoint under {root}/; run `fit` first")
+    return found[-1]
+
+
+def run_config(checkpoint: Path) -> Path | None:
+    """The config of the run that wrote `checkpoint`: a study's best.yaml or a run's config.yaml."""
+    for config in (checkpoint.with_name("best.yaml"), checkpoint.parent.parent / "config.yaml"):
+        if config.is_file():
+            return config
+    return None

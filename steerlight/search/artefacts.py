@@ -1,0 +1,86 @@
+"""The study folder's contents: trials.csv, best.yaml/.json/.ckpt and the study's figures.
+
+The paths come from `steerlight.layout.StudyFolder`; this module decides what goes in them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import yaml
+
+from steerlight.io import copy_file, write_text
+from steerlight.layout import StudyFolder
+
+log = logging.getLogger("steerlight.search")
+
+
+def write_artefacts(study, folder: StudyFolder) -> None:
+    """trials.csv, and best.yaml + best.ckpt for `python -m steerlight test --ckpt best`."""
+    import optuna
+
+    folder.path.mkdir(parents=True, exist_ok=True)
+    frame = study.trials_dataframe(
+        attrs=("number", "value", "state", "params", "duration", "user_attrs")
+    )
+    write_text(folder.trials_csv, frame.to_csv(index=False))
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    with_ckpt = [t for t in complete if Path(t.user_attrs.get("checkpoint", "")).is_file()]
+    if not with_ckpt:
+        return
+    best = max(with_ckpt, key=lambda t: (t.value, -t.number))
+    config = copy.deepcopy(best.user_attrs["config"])
+    # best.yaml describes a plain run: the whole val split, no search-only trainer settings.
+    config.get("data", {}).pop("val_shards", None)
+    for key in ("max_epochs", "reload_dataloaders_every_n_epochs"):
+        config.get("trainer", {}).pop(key, None)
+    config["trainer"]["logger"]["init_args"]["version"] = "best"
+    header = f"# best of study {folder.name!r}: trial {best.number}, val/acc {best.value:.4f}\n"
+    write_text(folder.best_yaml, header + yaml.safe_dump(config, sort_keys=False))
+    copy_file(Path(best.user_attrs["checkpoint"]), folder.best_ckpt)
+    summary = {"study": folder.name, "trial": best.number, "val_acc": best.value}
+    write_text(folder.best_json, json.dumps({**summary, "params": best.params}))
+
+
+IMPORTANCE_MIN_TRIALS = 10
+"""Parameter importances from fewer complete trials are noise; below this, a note instead."""
+
+
+def log_figures(study, folder: StudyFolder) -> None:
+    """The study's figures in TensorBoard (`<study>/summary`): val accuracy against strength per
+    method x layer, Optuna's history and, with enough complete trials, parameter importances."""
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+    from torch.utils.tensorboard import SummaryWriter
+
+    from steerlight.eval.figures import strength_figure
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return
+    writer = SummaryWriter(str(folder.summary))
+    try:
+        writer.add_figure("search/val_acc_vs_strength", strength_figure(complete, folder.name))
+        plots = {"search/optimization_history": optuna_plots.plot_optimization_history}
+        if len(complete) >= IMPORTANCE_MIN_TRIALS:
+            plots["search/param_importances"] = optuna_plots.plot_param_importances
+        else:
+            writer.add_text(
+                "search/param_importances",
+                f"{len(complete)} complete trials: importances need {IMPORTANCE_MIN_TRIALS}+.",
+            )
+        for tag, plot in plots.items():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "experimental" notices, equal importances
+                    figure = plot(study).figure
+                figure.tight_layout()
+                writer.add_figure(tag, figure)
+            except (ValueError, RuntimeError) as err:  # e.g. a study with one dimension
+                log.warning("no %s figure: %s", tag, err)
+    finally:
+        writer.close()

@@ -1,0 +1,144 @@
+"""The search's command line: `steerlight fit`'s parser plus the search options.
+
+`python -m steerlight.search` and `python -m steerlight search` take the same `--config`, the same
+dotted overrides (`--model.*`, `--data.*`, `--trainer.*`) and `--print_config` as `fit`, and
+the `SearchOptions` flags, each under its dash and its underscore spelling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from steerlight.cli import (
+    SteerlightCLI,
+    add_location_arguments,
+    cli_main,
+    config_files,
+    link_run_arguments,
+)
+from steerlight.errors import SteerlightError
+from steerlight.io import read_yaml
+from steerlight.search.objective import merge
+from steerlight.search.study import DEFAULT_CONFIG, SEARCH_ONLY, SearchOptions, run_search
+from steerlight.search.space import Space
+
+DESCRIPTION = (
+    "steerlight search: Optuna (TPE + pruning) picks the steering configuration (method, layer, "
+    "strength, ...) by exact-match accuracy on the val split. Each trial is a `steerlight fit` "
+    "of the same config; the space is the config's `search:` section. Several workers "
+    "(processes, machines) share one study through --storage. Then: "
+    "`python -m steerlight test --ckpt best --study-name NAME`."
+)
+
+
+class SearchCLI(SteerlightCLI):
+    """The run config and the search options, parsed and checked; nothing is instantiated
+    (each trial builds its own model, data module and Trainer)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        link_run_arguments(parser)
+        add_location_arguments(parser)
+        parser.add_argument(
+            "--search",
+            type=dict | None,
+            default=None,
+            help="The search space: `name: [choices]`, `name: {low, high[, log, step]}`, "
+            "`layer: {probe_top_k: N}`, a fixed value, and `when: {method: {...}}`.",
+        )
+        hints = typing.get_type_hints(SearchOptions)
+        for f in dataclasses.fields(SearchOptions):
+            if "help" not in f.metadata:
+                continue  # --study-name and --root: shared with the other commands
+            names = [f"--{f.name.replace('_', '-')}", f"--{f.name}"]
+            parser.add_argument(
+                *dict.fromkeys(names),
+                type=hints[f.name],
+                default=f.default,
+                help=f.metadata["help"],
+            )
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def _parse(args: list[str] | dict) -> SearchCLI:
+    return cli_main(
+        args=args,
+        run=False,
+        cli_class=SearchCLI,
+        parser_kwargs={"prog": "python -m steerlight.search", "description": DESCRIPTION},
+    )
+
+
+def _split(cli: SearchCLI, config_name: str) -> tuple[dict, Space, SearchOptions, str]:
+    """The parsed command as (run config, space, options, study name)."""
+    parsed = yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
+    options = SearchOptions(**{f.name: parsed.get(f.name) for f in _option_fields(parsed)})
+    if options.space is not None:
+        spec, origin = _mapping(options.space), options.space
+    else:
+        spec, origin = parsed.get("search"), f"{config_name} (search:)"
+    if spec is None:
+        raise SteerlightError(
+            f"{config_name} has no `search:` section; add one or pass --space FILE"
+        )
+    space = Space.from_dict(spec, origin)
+    run = {k: v for k, v in parsed.items() if k not in SEARCH_ONLY}
+    name = options.study_name or Path(config_name).stem
+    return run, space, options, name
+
+
+def _option_fields(parsed: Mapping[str, Any]):
+    return [f for f in dataclasses.fields(SearchOptions) if f.name in parsed]
+
+
+def _mapping(path: str | Path) -> dict:
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise SteerlightError(f"{path} must hold a YAML mapping (keys and values)")
+    return data
+
+
+def parse_search(
+    config: str | Path | Mapping[str, Any], args: Mapping[str, Any]
+) -> tuple[dict, Space, SearchOptions, str]:
+    """The Python API's input: a config file or mapping, plus nested overrides and options."""
+    if isinstance(config, Mapping):
+        base, config_name = dict(config), "search"
+    else:
+        base, config_name = _mapping(config), str(config)
+    return _split(_parse(merge(base, args)), config_name)
+
+
+def parse_argv(argv: list[str]) -> tuple[dict, Space, SearchOptions, str]:
+    """The command line's input; without --config, configs/debug.yaml (the embedded default)."""
+    files = config_files(argv)
+    if not files and not {"-h", "--help"} & set(argv):
+        if not Path(DEFAULT_CONFIG).is_file():
+            raise SteerlightError(
+                f"no --config given and {DEFAULT_CONFIG} is not here: pass --config FILE"
+            )
+        argv, files = ["--config", DEFAULT_CONFIG, *argv], [DEFAULT_CONFIG]
+    return _split(_parse(argv), files[-1] if files else "search")
+
+
+def run(argv: list[str]):
+    """A command line's search, start to end; returns the `optuna.Study`."""
+    return run_search(*parse_argv(argv))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m steerlight.search`: errors in one line (`--verbose` for the traceback)."""
+    from steerlight.errors import exit_on_error
+
+    def start() -> None:  # after exit_on_error took `--verbose` out of sys.argv
+        run(sys.argv[1:] if argv is None else [a for a in argv if a != "--verbose"])
+
+    exit_on_error("steerlight.search", start)

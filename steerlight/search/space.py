@@ -1,0 +1,219 @@
+"""The search space: YAML dimensions -> Optuna distributions, suggestions and trial 0."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from steerlight.errors import SteerlightError
+
+GROUPS = ("generation", "dac")
+"""`SteeredLM` arguments that are settings groups: searched as `group.field`."""
+
+
+def searchable_names() -> set[str]:
+    """Every name a space may use: `SteeredLM` arguments and `group.field` of its groups."""
+    from steerlight.module import SteeredLM
+
+    params = inspect.signature(SteeredLM.__init__).parameters
+    names = set(params) - {"self", *GROUPS}
+    for group in GROUPS:
+        names |= {f"{group}.{f.name}" for f in dataclasses.fields(params[group].default)}
+    return names
+
+
+def nest(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted names as nested mappings: {"dac.alpha_max": 2} -> {"dac": {"alpha_max": 2}}."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        *parents, leaf = name.split(".")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
+@dataclass
+class Space:
+    """Search dimensions from YAML: `name: [choices]`, `name: {low, high[, log, step]}`, or a value.
+
+    Names are `SteeredLM` arguments, and `group.field` for its settings groups
+    (`dac.alpha_max`, `generation.max_new_tokens`). `layer: {probe_top_k: N}` searches the N layers whose
+    probes score best on train. `when: {method: {...}}` adds dimensions only for that method.
+    """
+
+    params: dict[str, Any]
+    when: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], origin: str) -> Space:
+        if not isinstance(spec, Mapping) or not spec:
+            raise SteerlightError(f"{origin}: the search space must be a non-empty mapping")
+        spec = dict(spec)
+        when = spec.pop("when", None) or {}
+        space = cls(spec, {str(k): dict(v) for k, v in when.items()})
+        space.validate(origin)
+        return space
+
+    def validate(self, origin: str) -> None:
+        valid = searchable_names()
+        for group, params in [
+            ("", self.params),
+            *((f"when.{m}.", p) for m, p in self.when.items()),
+        ]:
+            for name, spec in params.items():
+                if name not in valid:
+                    raise SteerlightError(
+                        f"{origin}: unknown search parameter {group}{name!r}; "
+                        f"valid: {', '.join(sorted(valid))}"
+                    )
+                _check_dimension(f"{origin}: {group}{name}", spec)
+                if not (isinstance(spec, Mapping) and "probe_top_k" in spec):
+                    try:
+                        _distribution(name, spec, None)
+                    except SteerlightError as err:
+                        raise SteerlightError(f"{origin}: {group}{err}") from None
+        methods = self.params.get("method")
+        for method in self.when:
+            if methods is not None and method not in _as_list(methods):
+                raise SteerlightError(f"{origin}: when.{method} names a method not searched")
+
+    @property
+    def needs_probes(self) -> bool:
+        return any(
+            isinstance(p.get("layer"), Mapping) and "probe_top_k" in p["layer"]
+            for p in (self.params, *self.when.values())
+        )
+
+    def suggest(self, trial, probe_auc: list[float] | None) -> dict[str, Any]:
+        """Draw one configuration: a dict of `SteeredLM` arguments."""
+        values = {n: _suggest(trial, n, s, probe_auc) for n, s in self.params.items()}
+        for name, spec in self.when.get(values.get("method", ""), {}).items():
+            values[name] = _suggest(trial, name, spec, probe_auc)
+        return values
+
+    def distributions(self, probe_auc: list[float] | None) -> dict[str, Any]:
+        """Every searched dimension's Optuna distribution (conditional ones included)."""
+        dims = [*self.params.items(), *(i for p in self.when.values() for i in p.items())]
+        out = {}
+        for name, spec in dims:
+            dist = _distribution(name, spec, probe_auc)
+            if dist is not None:
+                out[name] = dist
+        return out
+
+    def check_study(self, study, probe_auc: list[float] | None) -> None:
+        """Refuse to resume a study whose trials drew a dimension from another distribution.
+
+        Optuna would otherwise fail every later trial of the resumed study with a ValueError.
+        """
+        from optuna.distributions import check_distribution_compatibility
+
+        new = self.distributions(probe_auc)
+        for trial in study.get_trials(deepcopy=False):
+            for name, old in trial.distributions.items():
+                if name not in new:
+                    continue
+                try:
+                    check_distribution_compatibility(old, new[name])
+                except ValueError:
+                    raise SteerlightError(
+                        f"study {study.study_name!r} searched {name} over {_describe(old)}, "
+                        f"this space has {_describe(new[name])}: use the study's space again, "
+                        "or another --study-name for the new one"
+                    ) from None
+
+    def baseline(self, probe_auc: list[float] | None) -> dict[str, Any]:
+        """Trial 0: the unsteered model (alpha = 0, method caa if searched), and the first
+        choice of every other categorical dimension so that it is a valid configuration."""
+        params = {}
+        for name, spec in self.params.items():
+            if isinstance(spec, list):
+                params[name] = spec[0]
+            elif isinstance(spec, Mapping) and "probe_top_k" in spec and probe_auc is not None:
+                params[name] = _top_layers(probe_auc, spec["probe_top_k"])[0]
+        if "caa" in _as_list(self.params.get("method", [])):
+            params["method"] = "caa"
+        return {**params, "alpha": 0.0}
+
+
+def _describe(dist) -> str:
+    """A distribution in the words of the YAML space: choices, or a range."""
+    if hasattr(dist, "choices"):
+        return f"choices {list(dist.choices)}"
+    kind = "integers" if type(dist).__name__.startswith("Int") else "floats"
+    extra = ", log" if dist.log else (f", step {dist.step}" if dist.step else "")
+    return f"{kind} {dist.low}..{dist.high}{extra}"
+
+
+def _as_list(spec: Any) -> list[Any]:
+    return list(spec) if isinstance(spec, list) else [spec]
+
+
+def _check_dimension(where: str, spec: Any) -> None:
+    if isinstance(spec, list) and not spec:
+        raise SteerlightError(f"{where}: an empty list of choices")
+    if isinstance(spec, Mapping):
+        if "probe_top_k" in spec:
+            k = spec["probe_top_k"]
+            if not isinstance(k, int) or k < 1:
+                raise SteerlightError(f"{where}: probe_top_k must be a positive integer, got {k!r}")
+            return
+        if set(spec) - {"low", "high", "log", "step"} or not {"low", "high"} <= set(spec):
+            raise SteerlightError(
+                f"{where}: a range needs `low` and `high` (optional `log`, `step`); "
+                f"got {dict(spec)}"
+            )
+        low, high = spec["low"], spec["high"]
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (low, high)):
+            raise SteerlightError(f"{where}: low and high must be finite numbers")
+        if low >= high:
+            raise SteerlightError(f"{where}: low ({low}) must be below high ({high})")
+
+
+def _top_layers(probe_auc: list[float], k: int) -> list[int]:
+    """The k layers whose probes score best, in layer order."""
+    return sorted(sorted(range(len(probe_auc)), key=lambda i: -probe_auc[i])[:k])
+
+
+def _distribution(name: str, spec: Any, probe_auc: list[float] | None):
+    """The Optuna distribution one dimension draws from, or None for a fixed value."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(spec, list):
+        return CategoricalDistribution(spec)
+    if isinstance(spec, Mapping) and "probe_top_k" in spec:
+        if probe_auc is None:
+            raise SteerlightError("layer: probe_top_k needs the probes fitted before the search")
+        return CategoricalDistribution(_top_layers(probe_auc, spec["probe_top_k"]))
+    if isinstance(spec, Mapping):
+        low, high, log = spec["low"], spec["high"], spec.get("log", False)
+        try:
+            if (
+                isinstance(low, int)
+                and isinstance(high, int)
+                and not isinstance(spec.get("step"), float)
+            ):
+                return IntDistribution(low, high, log=log, step=spec.get("step", 1))
+            return FloatDistribution(low, high, log=log, step=spec.get("step"))
+        except ValueError as err:  # e.g. log with step, or a non-positive log range
+            raise SteerlightError(f"{name}: {err}") from None
+    return None
+
+
+def _suggest(trial, name: str, spec: Any, probe_auc: list[float] | None) -> Any:
+    """One dimension's value for `trial`, through Optuna's suggest API."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    dist = _distribution(name, spec, probe_auc)
+    if dist is None:
+        return spec
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))
+    suggest = trial.suggest_int if isinstance(dist, IntDistribution) else trial.suggest_float
+    return suggest(name, dist.low, dist.high, step=dist.step, log=dist.log)

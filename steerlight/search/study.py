@@ -1,0 +1,333 @@
+"""A search from start to end: parse the run config and options, then run this worker's trials.
+
+`search()` (the Python API) and `python -m steerlight.search` (the CLI) both end in
+`run_search`, with a config parsed by the same LightningCLI classes as `steerlight fit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from steerlight.errors import SteerlightError, one_line
+from steerlight.io import ensure_writable_dir
+from steerlight.layout import StudyFolder, check_study_name
+from steerlight.search.artefacts import log_figures, write_artefacts
+from steerlight.search.objective import Search
+from steerlight.search.space import Space
+from steerlight.search.workers import (
+    MAX_RETRY,
+    StudyLock,
+    TrialGate,
+    open_storage,
+    register_worker,
+)
+
+log = logging.getLogger("steerlight.search")
+
+DEFAULT_CONFIG = "configs/debug.yaml"
+
+
+@dataclass
+class SearchOptions:
+    """How a search runs (the run itself is the config's model/data/trainer sections)."""
+
+    n_trials: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Trials this worker runs at most (default: 50, or no limit with --max-trials); a "
+                "resumed study adds these to the trials it has."
+            )
+        },
+    )
+    max_trials: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Trials the whole study may hold, counted over every worker and every resumed run (a "
+                "dead worker's retried trial counts once); the study ends with exactly this many."
+            )
+        },
+    )
+    rounds: int = field(
+        default=4,
+        metadata={
+            "help": ("Val shards, one per epoch; the accuracy after each is the pruning signal.")
+        },
+    )
+    space: str | None = field(
+        default=None,
+        metadata={"help": ("A YAML search space file, instead of the config's `search:` section.")},
+    )
+    storage: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Optuna storage URL (default: SQLite in <root>/<study>/study.db, for workers on one "
+                "machine); a PostgreSQL URL such as postgresql+psycopg2://user:pw@host/db lets workers "
+                "on several machines share one study."
+            )
+        },
+    )
+    sampler: Literal["tpe", "random"] = field(
+        default="tpe",
+        metadata={"help": ("tpe: multivariate TPE (default); random: uniform random search.")},
+    )
+    pruner: Literal["median", "hyperband", "none"] = field(
+        default="median",
+        metadata={"help": ("median: MedianPruner (default); hyperband; none: no pruning.")},
+    )
+    startup_trials: int = field(
+        default=5, metadata={"help": ("Trials before the pruner and TPE start acting on results.")}
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "Seed of the sampler; the k-th worker to join a study (0, 1, ...) uses seed + k."
+            )
+        },
+    )
+    timeout: float | None = field(
+        default=None, metadata={"help": ("Stop starting trials after this many seconds.")}
+    )
+    heartbeat_interval: int = field(
+        default=60,
+        metadata={
+            "help": (
+                "Seconds between a running trial's heartbeats. A trial silent for twice this long "
+                f"belongs to a dead worker: it is marked FAIL and retried (up to {MAX_RETRY} times) "
+                "with the same parameters by the next worker that starts a trial."
+            )
+        },
+    )
+    study_name: str | None = None
+    root: str = "lightning_logs"
+
+    def __post_init__(self) -> None:
+        for name in ("n_trials", "max_trials", "rounds", "heartbeat_interval"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SteerlightError(
+                    f"--{name.replace('_', '-')} {value} is invalid: use 1 or more"
+                )
+        if self.startup_trials < 0:
+            raise SteerlightError(
+                f"--startup-trials {self.startup_trials} is invalid: use 0 or more"
+            )
+        if self.timeout is not None and not self.timeout > 0:
+            raise SteerlightError(f"--timeout {self.timeout} is invalid: use a positive number")
+        if self.study_name is not None:
+            check_study_name(self.study_name)
+
+
+SEARCH_ONLY = {f.name for f in dataclasses.fields(SearchOptions)} | {"search", "config"}
+"""Keys of a parsed search command that are not part of the run config."""
+
+
+def search(
+    config: str | Path | Mapping[str, Any] = DEFAULT_CONFIG,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    **options: Any,
+):
+    """Run a search and return its `optuna.Study`; the study folder is `<root>/<study name>`.
+
+    `config` is a run config file (with a `search:` section) or the same as a mapping;
+    `overrides` are dotted keys as on the command line (``{"data.limit_val": 40}``); `options`
+    are `SearchOptions` fields (``n_trials=20``, ``study_name="caa"``, ``root=...``).
+    """
+    from steerlight.search.command import parse_search
+
+    args = _nested(overrides or {})
+    args.update(options)
+    return run_search(*parse_search(config, args))
+
+
+def _nested(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    from steerlight.search.space import nest
+
+    return nest(overrides)
+
+
+def make_sampler(options: SearchOptions, seed: int):
+    import optuna
+
+    if options.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: a worker's TPE treats the other workers' running trials as bad results,
+    # so concurrent workers spread out instead of drawing near-identical configurations.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+            n_startup_trials=options.startup_trials,
+        )
+
+
+def make_study(options: SearchOptions, name: str, storage):
+    """Create the study, or load it when another worker (or an earlier run) created it."""
+    import optuna
+
+    pruner = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=options.startup_trials),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=options.rounds
+        ),
+        "none": optuna.pruners.NopPruner,
+    }[options.pruner]()
+    try:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=make_sampler(options, options.seed),  # replaced once the worker has an index
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["val/acc"])  # optuna-dashboard's label for the objective
+        return study
+    except Exception as err:
+        if type(err).__module__.startswith(("sqlalchemy", "optuna.exceptions")):
+            raise SteerlightError(
+                f"cannot open Optuna study {name!r}: {one_line(str(err))}"
+            ) from None
+        raise
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def progress_line(study, trial) -> None:
+    """One line per finished trial: number, parameters, value or state, elapsed."""
+    import optuna
+
+    secs = trial.duration.total_seconds() if trial.duration else float("nan")
+    params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        outcome = f"val/acc {trial.value:.4f}"
+    elif trial.state == optuna.trial.TrialState.PRUNED:
+        steps = trial.intermediate_values
+        outcome = f"PRUNED after round {max(steps) + 1 if steps else 0}"
+    else:
+        outcome = f"FAIL: {trial.user_attrs.get('error', 'see the log')}"
+    retry = trial.system_attrs.get("failed_trial")
+    again = f" (retry of trial {retry}, whose worker died)" if retry is not None else ""
+    print(
+        f"[{study.study_name}] trial {trial.number}{again}: {params} -> {outcome} ({secs:.1f}s)",
+        flush=True,
+    )
+
+
+@contextlib.contextmanager
+def _optuna_verbosity(level: int) -> Iterator[None]:
+    """Optuna's log level for the block, restored after (the API leaves it as it found it)."""
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def run_search(config: dict, space: Space, options: SearchOptions, name: str):
+    """This worker's part of study `name`: trials until its budget, then the artefacts."""
+    import optuna
+
+    from steerlight.model.loading import reuse_loaded_models
+
+    folder = StudyFolder(Path(options.root), name)
+    ensure_writable_dir(folder.path, "--root")
+    storage = open_storage(options.storage or folder.storage_url, options.heartbeat_interval)
+    study = make_study(options, name, storage)
+    search = Search(config, space, folder, rounds=options.rounds)
+    lock = StudyLock(storage, name)
+    start = time.monotonic()
+    with _optuna_verbosity(optuna.logging.WARNING):  # the progress line replaces its log
+        try:
+            with reuse_loaded_models():
+                if space.needs_probes:
+                    search.probe_auc = search.fit_probes()
+                space.check_study(study, search.probe_auc)
+                index, seed = register_worker(study, lock, options.seed)
+                study.sampler = make_sampler(options, seed)
+                with lock:  # one baseline, however many workers start on an empty study
+                    if not study.get_trials(deepcopy=False):
+                        study.enqueue_trial(
+                            space.baseline(search.probe_auc), user_attrs={"baseline": True}
+                        )
+                print(
+                    f"[{name}] worker {search.worker} (#{index}, sampler seed {seed})", flush=True
+                )
+                search.gate = TrialGate(lock, options.max_trials)
+                if search.gate.admit(study):
+                    n_trials = options.n_trials or (None if options.max_trials else 50)
+                    study.optimize(
+                        search,
+                        n_trials=n_trials,
+                        timeout=options.timeout,
+                        # a failed trial is FAIL with its message; the study goes on
+                        catch=(Exception,),
+                        # the gate last: it holds the study lock until the next trial exists
+                        callbacks=[
+                            progress_line,
+                            lambda s, t: write_artefacts(s, folder),
+                            search.gate,
+                        ],
+                        gc_after_trial=True,
+                    )
+        finally:
+            lock.close()
+        log_figures(study, folder)
+        write_artefacts(study, folder)
+    _print_summary(study, folder, time.monotonic() - start)
+    return study
+
+
+def _print_summary(study, folder: StudyFolder, seconds: float) -> None:
+    """The study's states, the best trial against the unsteered baseline, the next command."""
+    name = folder.name
+    states = [t.state.name for t in study.trials]
+    summary = ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states)))
+    print(
+        f"[{name}] {len(states)} trials ({summary}) in {seconds:.0f}s; artefacts in {folder.path}"
+    )
+    try:
+        best = study.best_trial
+    except ValueError:
+        print(f"[{name}] no trial completed", flush=True)
+        return
+    params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+    baseline = next((t for t in study.trials if t.user_attrs.get("baseline")), None)
+    versus = ""
+    if baseline is not None and baseline.value is not None:
+        versus = f" (unsteered baseline, trial {baseline.number}: {baseline.value:.4f})"
+    print(f"[{name}] best: trial {best.number}, val/acc {best.value:.4f}{versus}; {params}")
+    if not Path(best.user_attrs.get("checkpoint", "")).is_file():
+        # Another machine's worker ran it: best.ckpt here is the best this machine holds.
+        print(
+            f"[{name}] trial {best.number}'s checkpoint is on worker "
+            f"{best.user_attrs.get('worker', '?')} ({best.user_attrs.get('checkpoint')}); "
+            f"give every worker one shared --root to have the study's best in {folder.path}"
+        )
+    root = "" if folder.root == Path("lightning_logs") else f" --root {folder.root}"
+    print(
+        f"[{name}] next: python -m steerlight test --ckpt best --study-name {name}{root}",
+        flush=True,
+    )

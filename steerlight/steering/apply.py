@@ -1,0 +1,65 @@
+"""Generate a batch steered by one method: the step from a fitted vector to completions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor, nn
+
+from steerlight.model.generation import Generation, GenerationSettings, generate
+from steerlight.steering.dac import DACSettings, dac_generate
+from steerlight.steering.hooks import Positions, steer
+
+Method = Literal["none", "caa", "dac"]
+
+
+@dataclass(frozen=True)
+class SteeringConfig:
+    """What is steered, where and how strongly (a fitted vector is passed separately)."""
+
+    method: Method
+    layer: int
+    alpha: float
+    positions: Positions
+    dac: DACSettings
+
+    @property
+    def steers(self) -> bool:
+        """Whether generation differs from the unsteered model at all."""
+        strength = self.dac.alpha_max if self.method == "dac" else self.alpha
+        return self.method != "none" and strength != 0
+
+
+def steered_generate(
+    model: nn.Module,
+    tokenizer,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    config: SteeringConfig,
+    vector: Tensor | None,
+    settings: GenerationSettings,
+    stop_strings: Sequence[str],
+    step_vectors: Tensor | None = None,
+) -> Generation:
+    """Completions for a left-padded batch, steered as `config` says (CAA hooks or DAC)."""
+    args = (model, tokenizer, input_ids, attention_mask)
+    if not config.steers:
+        return generate(*args, settings, stop_strings=stop_strings)
+    if config.method == "dac":
+        return dac_generate(
+            *args,
+            config.layer,
+            vector if step_vectors is None else None,
+            settings,
+            stop_strings,
+            top_p=config.dac.top_p,
+            alpha_max=config.dac.alpha_max,
+            batchmean=config.dac.batchmean,
+            positions=config.positions,
+            step_vectors=step_vectors,
+        )
+    width = input_ids.shape[1]
+    with steer(model, config.layer, vector, config.alpha, config.positions, prompt_len=width):
+        return generate(*args, settings, stop_strings=stop_strings)

@@ -1,0 +1,137 @@
+"""Fitting on the train split: contrastive texts -> activations -> CAA vectors and probes.
+
+`SteeredLM.fit` feeds train batches through `TrainFit`: it loads the fitted state from the
+activation cache when everything that determines it is unchanged, else collects all-layer
+activations batch by batch and fits the state once at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from steerlight.errors import SteerlightError
+from steerlight.steering.activations import (
+    ActivationCache,
+    ReadPosition,
+    read_activations,
+    read_mask_for,
+)
+from steerlight.steering.caa import corrupt_solution, mean_difference
+from steerlight.steering.probes import fit_probes
+
+log = logging.getLogger(__name__)
+
+Pairs = Literal["corrupted", "on_policy"]
+
+
+def corrupted_pairs(
+    batch: Mapping[str, Any], continuation: Callable[[str], str], seed: int
+) -> tuple[list[str], list[bool], list[int]]:
+    """Gold solution (good) and the same solution with consistently altered numbers (bad), per
+    question: texts, labels and the prompt length in tokens of each text."""
+    texts, labels, lens = [], [], []
+    prompt_lens = batch["attention_mask"].sum(1).tolist()
+    for ex_id, prompt, answer, n in zip(
+        batch["ids"], batch["prompts"], batch["answers"], prompt_lens, strict=True
+    ):
+        bad = corrupt_solution(answer, random.Random(f"{seed}:{ex_id}"))
+        texts += [prompt + continuation(answer), prompt + continuation(bad)]
+        labels += [True, False]
+        lens += [n, n]
+    return texts, labels, lens
+
+
+def solution_activations(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    prompt_lens: Sequence[int],
+    read_position: ReadPosition,
+    add_special_tokens: bool = True,
+) -> Tensor:
+    """All-layer activations read over each text's solution span: (B, L, H) fp32 on the CPU."""
+    device = next(model.parameters()).device
+    enc = tokenizer(
+        list(texts), padding=True, return_tensors="pt", add_special_tokens=add_special_tokens
+    ).to(device)
+    mask = enc["attention_mask"]
+    start = mask.shape[1] - mask.sum(1) + torch.tensor(list(prompt_lens), device=device)
+    read = read_mask_for(mask, start.clamp(max=mask.shape[1] - 1), read_position)
+    return read_activations(model, enc["input_ids"], mask, read).cpu()
+
+
+def fit_state(acts: Tensor, labels: Tensor, pairs: Pairs, seed: int) -> dict[str, Tensor]:
+    """CAA vectors (mean difference per layer), mean activation norms and per-layer probes."""
+    if labels.all() or not labels.any():
+        raise SteerlightError(
+            f"the {len(labels)} train examples are all {'good' if labels.all() else 'bad'}: "
+            "CAA needs both (with pairs=on_policy, use more train rows or another model)"
+        )
+    # corrupted pairs share a question: the probes' held-out split keeps both in one side
+    groups = torch.arange(len(labels)) // 2 if pairs == "corrupted" else None
+    probes = fit_probes(acts, labels, groups=groups, seed=seed)
+    return {
+        "vectors": mean_difference(acts, labels),
+        "act_norm": acts.norm(dim=-1).mean(0),
+        "probe_auc": probes.auc,
+        "probe_weight": probes.weight,
+        "probe_bias": probes.bias,
+    }
+
+
+class TrainFit:
+    """One epoch of fitting: cached state, cached activations, or activations collected now.
+
+    `key` names everything the activations depend on; `state_key` adds what else the fitted
+    state depends on. Both are cache keys (see `ActivationCache`).
+    """
+
+    def __init__(self, cache: ActivationCache, key: dict[str, Any], state_key: dict[str, Any]):
+        self.cache, self.key, self.state_key = cache, key, state_key
+        self.state = cache.load(state_key)
+        self._cached = None if self.state is not None else cache.load(key)
+        self._acts: list[Tensor] = []
+        self._labels: list[Tensor] = []
+
+    @property
+    def collecting(self) -> bool:
+        """Whether train batches must be read (nothing usable was cached)."""
+        return self.state is None and self._cached is None
+
+    def add(self, acts: Tensor, labels: Sequence[bool]) -> None:
+        self._acts.append(acts)
+        self._labels.append(torch.tensor(list(labels)))
+
+    def finish(
+        self,
+        pairs: Pairs,
+        seed: int,
+        gather: Callable[[list], list[list]],
+        writer: bool,
+        extra: Callable[[], dict[str, Tensor]] | None = None,
+    ) -> dict[str, Tensor]:
+        """The fitted state; `gather` collects every rank's lists, `writer` saves the cache."""
+        if self.state is not None:
+            return self.state
+        if self._cached is not None:
+            acts, labels = self._cached["acts"], self._cached["labels"].bool()
+        else:
+            acts = torch.cat([a for part in gather(self._acts) for a in part])
+            labels = torch.cat([y for part in gather(self._labels) for y in part])
+            if writer:
+                self.cache.save(self.key, {"acts": acts, "labels": labels.to(torch.uint8)})
+        self._acts, self._labels, self._cached = [], [], None
+        state = fit_state(acts, labels, pairs, seed)
+        if extra is not None:
+            state.update(extra())
+        if writer:
+            self.cache.save(self.state_key, state)
+        log.info("fitted CAA vectors and probes on %d train examples", len(labels))
+        self.state = state
+        return state

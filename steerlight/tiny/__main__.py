@@ -1,0 +1,70 @@
+"""``python -m steerlight.tiny``: build (once) and cache the tiny model, print its folder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from steerlight.tiny.cache import tiny_model_path
+from steerlight.tiny.evaluation import default_test_rows, eval_exemplars, evaluate
+from steerlight.tiny.recipe import TinyRecipe
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
+
+
+def build_parser() -> ArgumentParser:
+    """``python -m steerlight.tiny``'s flags; the ``--recipe.*`` help comes from `TinyRecipe`."""
+    from jsonargparse import ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(
+        prog="python -m steerlight.tiny",
+        description="Build (once) and cache the embedded tiny GSM8K model, then print its folder. "
+        "Every --recipe.* flag changes the cache key; the defaults are the embedded default.",
+        default_env=False,
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="Rebuild even if a valid cached copy exists."
+    )
+    parser.add_argument(
+        "--eval",
+        type=int,
+        default=0,
+        help="Then score greedy exact match (strict '#### N') on the first N synthetic test "
+        "questions (0: skip; 500: the whole default test split).",
+    )
+    parser.add_argument("--shots", type=int, default=0, help="Exemplars (from train) for --eval.")
+    parser.add_argument(
+        "--max-new-tokens",
+        "--max_new_tokens",
+        type=int,
+        default=160,
+        help="Generation limit for --eval.",
+    )
+    parser.add_class_arguments(TinyRecipe, "recipe")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Build (or find) the tiny model, print its folder and, with ``--eval``, its accuracy."""
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    recipe: TinyRecipe = parser.instantiate_classes(cfg).recipe
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    path = tiny_model_path(recipe, force=cfg.force)
+    print(path, flush=True)
+    if cfg.eval > 0:
+        test = default_test_rows(recipe)[: cfg.eval]
+        exemplars = eval_exemplars(recipe, cfg.shots)
+        records = evaluate(path, test, exemplars, max_new_tokens=cfg.max_new_tokens)
+        acc = sum(r["correct"] for r in records) / len(records)
+        print(
+            f"accuracy ({cfg.shots}-shot, strict, {len(records)} test questions): {acc:.3f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""`scripts/bench` keeps working: the quick run's report shape (never its times), and the
+helpers its baselines rely on."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, subprocess_env
+
+BENCH = ROOT / "scripts" / "bench"
+BENCHMARKS = {"hook_overhead", "trial_cost", "activation_extraction", "dac_vs_caa", "pruning"}
+
+
+def test_quick_benchmark_writes_every_ratio(tmp_path: Path, gsm8k_dir: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(BENCH), "--quick", "--out", str(out)]
+    cmd += ["--source", "gsm8k", "--gsm8k-dir", str(gsm8k_dir)]
+    proc = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        env=subprocess_env(STEERLIGHT_HOME=str(tmp_path / "home")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    report = json.loads(out.read_text())
+    assert {"command", "machine", "torch", "threads", "device", "quick"} <= set(report["meta"])
+    assert report["meta"]["quick"] is True
+    assert set(report["benchmarks"]) == BENCHMARKS
+    for name, bench in report["benchmarks"].items():
+        assert math.isfinite(bench["ratio"]) and bench["ratio"] > 0, name
+        assert isinstance(bench["target_met"], bool), name
+        assert bench["target"] and bench["ratio_of"] and bench["measured"], name
+        assert bench["median_s"], name
+        for label, seconds in bench["median_s"].items():
+            assert math.isfinite(seconds) and seconds > 0, (name, label)
+    assert report["benchmarks"]["activation_extraction"]["details"]["forward_ratio"] == 2
+    pruning = report["benchmarks"]["pruning"]["details"]
+    assert pruning["median_pruner"]["generated_tokens"] > 0
+    assert pruning["no_pruner"]["generated_tokens"] > 0
+
+    table = out.with_suffix(".md").read_text()
+    assert "| benchmark | ratio | target | met | measured |" in table
+    assert len([line for line in table.splitlines() if line.startswith("| ")]) == 2 + 5
+    written = {p.name for p in tmp_path.iterdir()}
+    assert written == {"bench.json", "bench.md"}, "nothing else lands in the caller's folder"
+
+
+def test_bench_dac_wrapper_runs_the_bench(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_dac.py"), "--help"],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--naive-dac-repeats" in proc.stdout
+
+
+# ---- the baselines' helpers, imported as `python scripts/bench` imports them -------------------
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch):
+    """A namespace of the bench's modules; they leave sys.modules afterwards (bare names)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    names = ("common", "bench_models", "extraction")
+    modules = argparse.Namespace(**{n: importlib.import_module(n) for n in names})
+    yield modules
+    for path in BENCH.glob("*.py"):
+        if path.stem != "__main__":  # never this process's own __main__
+            sys.modules.pop(path.stem, None)
+
+
+@pytest.fixture
+def random_model(bench):
+    args = argparse.Namespace(
+        vocab=97, hidden=32, layers=3, heads=4, seed=0, lm_head_scale=1.0, dtype="float32"
+    )
+    return bench.bench_models.random_llama(args, torch.device("cpu"))
+
+
+def test_per_layer_extraction_matches_one_pass(bench, random_model) -> None:
+    from steerlight.steering.activations import read_activations
+
+    ids = torch.randint(3, 97, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # left padding
+    counter = bench.common.ForwardCounter(random_model)
+    with counter:
+        per_layer = bench.extraction.activations_per_layer(random_model, ids, mask, mask.bool())
+    assert counter.count == 3  # one forward per layer
+    one_pass = read_activations(random_model, ids, mask, mask.bool())
+    assert per_layer.shape == (2, 3, 32)
+    torch.testing.assert_close(per_layer, one_pass)
+
+
+@torch.no_grad()
+def test_add_after_layer_steers_like_steer_then_restores(bench, random_model) -> None:
+    from steerlight.model.layers import decoder_layers
+    from steerlight.steering.hooks import steer
+
+    ids = torch.randint(3, 97, (2, 5))
+    vector = torch.randn(32)
+    block = decoder_layers(random_model)[1]
+    before = random_model(input_ids=ids).logits
+    with bench.common.add_after_layer(block, lambda h: 0.5 * vector.to(h)):
+        naive = random_model(input_ids=ids).logits
+    with steer(random_model, 1, vector, 0.5, positions="all"):
+        steered = random_model(input_ids=ids).logits
+    assert not torch.allclose(naive, before)
+    torch.testing.assert_close(naive, steered)
+    assert "forward" not in vars(block)  # the class's forward again
+    torch.testing.assert_close(random_model(input_ids=ids).logits, before)
