@@ -95,7 +95,8 @@ class SteerlightCLI(LightningCLI):
         if isinstance(args, dict):
             argv = []
         else:
-            argv = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:]
+            argv = underscore_flags(args if isinstance(args, (list, tuple)) else sys.argv[1:])
+            args = argv
         self._argv = argv  # the --model.* flags given: they beat a checkpoint's saved arguments
         for path in config_files(argv):
             read_yaml(path)  # a missing file or a YAML syntax error, named in one line
@@ -152,6 +153,21 @@ class SteerlightCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             raise SteerlightError(_explain(str(err), parser)) from None
+
+
+def underscore_flags(argv: Sequence[str]) -> list[str]:
+    """`--n-trials 3` as `--n_trials 3`: every flag may be spelled with dashes or underscores.
+
+    Lightning's and steerlight's flags are all spelled with underscores, so a dash inside a
+    flag's name (never in its value, nor in a dotted key's value) is read as an underscore.
+    """
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + eq + value
+        out.append(arg)
+    return out
 
 
 def config_files(argv: list[str]) -> list[str]:
@@ -232,7 +248,6 @@ def link_run_arguments(parser: LightningArgumentParser) -> None:
 def add_location_arguments(parser: LightningArgumentParser) -> None:
     """--study-name and --root, spelled (and meaning) the same for every command."""
     parser.add_argument(
-        "--study-name",
         "--study_name",
         default=None,
         help="The study: the search's study name (default: the config file's stem); "
@@ -240,8 +255,7 @@ def add_location_arguments(parser: LightningArgumentParser) -> None:
     )
     parser.add_argument(
         "--root",
-        "--logs-root",
-        "--logs_root",
+        "--logs_root",  # its name before the search and test shared it
         default="lightning_logs",
         help="The folder that holds the study folders (and where --ckpt looks for runs).",
     )
@@ -265,7 +279,11 @@ def cli_main(
     parser_kwargs: dict[str, Any] | None = None,
 ) -> SteerlightCLI:
     """Build (and with `run`, execute) the CLI; `args` is an argv list or a config dict."""
+    from jsonargparse import set_parsing_settings
+
     quiet_expected_warnings()
+    # --help shows settings groups' attribute docstrings (GenerationSettings, DACSettings, ...)
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     callbacks = [SteeringCheckpoint()] if checkpoint else []
     kwargs = {"prog": "python -m steerlight", "description": DESCRIPTION, **(parser_kwargs or {})}
     return cli_class(

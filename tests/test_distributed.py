@@ -26,7 +26,9 @@ def evaluate(model_dir: Path, tmp_path: Path, devices: int) -> dict[str, float]:
         n_shots=0,
         batch_size=2,
     )
-    module = SteeredLM(model_name_or_path=str(model_dir), method="none", generation={"max_new_tokens": 4})
+    module = SteeredLM(
+        model_name_or_path=str(model_dir), method="none", generation={"max_new_tokens": 4}
+    )
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,

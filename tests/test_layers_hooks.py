@@ -12,8 +12,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from steerlight.model.generation import GenerationSettings, generate
-from steerlight.steering.hooks import POSITIONS, Steering, steer
 from steerlight.model.layers import decoder_layers, resolve_layer
+from steerlight.steering.hooks import POSITIONS, Steering, steer
 
 PROMPTS = [
     "Question: How many cows does the farmer have now?",

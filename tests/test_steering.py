@@ -9,8 +9,8 @@ import re
 import pytest
 import torch
 
-from steerlight.steering.activations import ActivationCache, read_activations, read_mask_for
 from steerlight.answers import gold_answer
+from steerlight.steering.activations import ActivationCache, read_activations, read_mask_for
 from steerlight.steering.caa import corrupt_solution, mean_difference, scale_vectors
 from steerlight.steering.probes import auc, fit_probes
 

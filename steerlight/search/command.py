@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,8 @@ from steerlight.cli import (
 from steerlight.errors import SteerlightError
 from steerlight.io import read_yaml
 from steerlight.search.objective import merge
-from steerlight.search.study import DEFAULT_CONFIG, SEARCH_ONLY, SearchOptions, run_search
 from steerlight.search.space import Space
+from steerlight.search.study import DEFAULT_CONFIG, SEARCH_ONLY, SearchOptions, run_search
 
 DESCRIPTION = (
     "steerlight search: Optuna (TPE + pruning) picks the steering configuration (method, layer, "
@@ -52,17 +51,8 @@ class SearchCLI(SteerlightCLI):
             help="The search space: `name: [choices]`, `name: {low, high[, log, step]}`, "
             "`layer: {probe_top_k: N}`, a fixed value, and `when: {method: {...}}`.",
         )
-        hints = typing.get_type_hints(SearchOptions)
-        for f in dataclasses.fields(SearchOptions):
-            if "help" not in f.metadata:
-                continue  # --study-name and --root: shared with the other commands
-            names = [f"--{f.name.replace('_', '-')}", f"--{f.name}"]
-            parser.add_argument(
-                *dict.fromkeys(names),
-                type=hints[f.name],
-                default=f.default,
-                help=f.metadata["help"],
-            )
+        # the options' help is their attribute docstrings; --study_name and --root are shared
+        parser.add_class_arguments(SearchOptions, nested_key=None, skip={"study_name", "root"})
 
     def instantiate_classes(self) -> None:
         pass

@@ -43,8 +43,8 @@ class Space:
     """Search dimensions from YAML: `name: [choices]`, `name: {low, high[, log, step]}`, or a value.
 
     Names are `SteeredLM` arguments, and `group.field` for its settings groups
-    (`dac.alpha_max`, `generation.max_new_tokens`). `layer: {probe_top_k: N}` searches the N layers whose
-    probes score best on train. `when: {method: {...}}` adds dimensions only for that method.
+    (`dac.alpha_max`, `generation.max_new_tokens`). `layer: {probe_top_k: N}` searches the N
+    layers whose probes score best on train. `when: {method: {...}}` adds dimensions only for that method.
     """
 
     params: dict[str, Any]

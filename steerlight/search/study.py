@@ -12,7 +12,7 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +23,6 @@ from steerlight.search.artefacts import log_figures, write_artefacts
 from steerlight.search.objective import Search
 from steerlight.search.space import Space
 from steerlight.search.workers import (
-    MAX_RETRY,
     StudyLock,
     TrialGate,
     open_storage,
@@ -37,80 +36,40 @@ DEFAULT_CONFIG = "configs/debug.yaml"
 
 @dataclass
 class SearchOptions:
-    """How a search runs (the run itself is the config's model/data/trainer sections)."""
+    """How the search runs (the run itself is the config's model/data/trainer sections)"""
 
-    n_trials: int | None = field(
-        default=None,
-        metadata={
-            "help": (
-                "Trials this worker runs at most (default: 50, or no limit with --max-trials); a "
-                "resumed study adds these to the trials it has."
-            )
-        },
-    )
-    max_trials: int | None = field(
-        default=None,
-        metadata={
-            "help": (
-                "Trials the whole study may hold, counted over every worker and every resumed run (a "
-                "dead worker's retried trial counts once); the study ends with exactly this many."
-            )
-        },
-    )
-    rounds: int = field(
-        default=4,
-        metadata={
-            "help": ("Val shards, one per epoch; the accuracy after each is the pruning signal.")
-        },
-    )
-    space: str | None = field(
-        default=None,
-        metadata={"help": ("A YAML search space file, instead of the config's `search:` section.")},
-    )
-    storage: str | None = field(
-        default=None,
-        metadata={
-            "help": (
-                "Optuna storage URL (default: SQLite in <root>/<study>/study.db, for workers on one "
-                "machine); a PostgreSQL URL such as postgresql+psycopg2://user:pw@host/db lets workers "
-                "on several machines share one study."
-            )
-        },
-    )
-    sampler: Literal["tpe", "random"] = field(
-        default="tpe",
-        metadata={"help": ("tpe: multivariate TPE (default); random: uniform random search.")},
-    )
-    pruner: Literal["median", "hyperband", "none"] = field(
-        default="median",
-        metadata={"help": ("median: MedianPruner (default); hyperband; none: no pruning.")},
-    )
-    startup_trials: int = field(
-        default=5, metadata={"help": ("Trials before the pruner and TPE start acting on results.")}
-    )
-    seed: int = field(
-        default=0,
-        metadata={
-            "help": (
-                "Seed of the sampler; the k-th worker to join a study (0, 1, ...) uses seed + k."
-            )
-        },
-    )
-    timeout: float | None = field(
-        default=None, metadata={"help": ("Stop starting trials after this many seconds.")}
-    )
-    heartbeat_interval: int = field(
-        default=60,
-        metadata={
-            "help": (
-                "Seconds between a running trial's heartbeats. A trial silent for twice this long "
-                f"belongs to a dead worker: it is marked FAIL and retried (up to {MAX_RETRY} times) "
-                "with the same parameters by the next worker that starts a trial."
-            )
-        },
-    )
+    n_trials: int | None = None
+    """Trials this worker runs at most (default: 50, or no limit with --max_trials); a resumed
+    study adds these to the trials it has."""
+    max_trials: int | None = None
+    """Trials the whole study may hold, counted over every worker and every resumed run (a dead
+    worker's retried trial counts once); the study ends with exactly this many."""
+    rounds: int = 4
+    """Val shards, one per epoch; the accuracy after each is the pruning signal."""
+    space: str | None = None
+    """A YAML search space file, instead of the config's `search:` section."""
+    storage: str | None = None
+    """Optuna storage URL (default: SQLite in <root>/<study>/study.db, for workers on one
+    machine); a PostgreSQL URL (postgresql+psycopg2://user:pw@host/db) lets workers on several
+    machines share one study."""
+    sampler: Literal["tpe", "random"] = "tpe"
+    """tpe: multivariate TPE; random: uniform random search."""
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    """median: Optuna's MedianPruner; hyperband: HyperbandPruner; none: no pruning."""
+    startup_trials: int = 5
+    """Trials before the pruner and TPE start acting on results."""
+    seed: int = 0
+    """Seed of the sampler; the k-th worker to join a study (0, 1, ...) uses seed + k."""
+    timeout: float | None = None
+    """Stop starting trials after this many seconds."""
+    heartbeat_interval: int = 60
+    """Seconds between a running trial's heartbeats. A trial silent for twice this long belongs
+    to a dead worker: it is marked FAIL and retried (up to 3 times) with the same parameters by
+    the next worker that starts a trial."""
     study_name: str | None = None
+    """The study (default: the config file's stem); the same name resumes it."""
     root: str = "lightning_logs"
+    """The folder that holds the study folders."""
 
     def __post_init__(self) -> None:
         for name in ("n_trials", "max_trials", "rounds", "heartbeat_interval"):
@@ -254,12 +213,12 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
 
     folder = StudyFolder(Path(options.root), name)
     ensure_writable_dir(folder.path, "--root")
-    storage = open_storage(options.storage or folder.storage_url, options.heartbeat_interval)
-    study = make_study(options, name, storage)
-    search = Search(config, space, folder, rounds=options.rounds)
-    lock = StudyLock(storage, name)
     start = time.monotonic()
     with _optuna_verbosity(optuna.logging.WARNING):  # the progress line replaces its log
+        storage = open_storage(options.storage or folder.storage_url, options.heartbeat_interval)
+        study = make_study(options, name, storage)
+        search = Search(config, space, folder, rounds=options.rounds)
+        lock = StudyLock(storage, name)
         try:
             with reuse_loaded_models():
                 if space.needs_probes:
