@@ -17,7 +17,9 @@ def main() -> None:
 
         return tiny_main()
     from steerlight.cli import cli_main
+    from steerlight.console import show_logs
 
+    show_logs()
     exit_on_error("steerlight", cli_main)
 
 

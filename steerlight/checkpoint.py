@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,26 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
             "checkpoint from `python -m steerlight fit` or the search"
         )
     return checkpoint
+
+
+def base_model_identity(hparams: Mapping[str, Any], fingerprint: str) -> dict[str, Any]:
+    """What a checkpoint records of its base model (never its weights)."""
+    return {
+        "name_or_path": hparams["model_name_or_path"],
+        "revision": hparams["revision"],
+        "weights_fingerprint": fingerprint,
+    }
+
+
+def check_base_model(checkpoint: Mapping[str, Any], identity: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint fitted on other weights than the loaded model's."""
+    if "steering" not in checkpoint or "base_model" not in checkpoint:
+        raise SteerlightError("this checkpoint was not written by steerlight (no steering state)")
+    saved = checkpoint["base_model"]
+    if saved["weights_fingerprint"] != identity["weights_fingerprint"]:
+        raise SteerlightError(
+            f"checkpoint was fitted on {saved['name_or_path']!r} (weights "
+            f"{saved['weights_fingerprint']}), but the loaded model "
+            f"{identity['name_or_path']!r} has weights {identity['weights_fingerprint']}: test "
+            "it with the model it was fitted on, or fit a new checkpoint for this one"
+        )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,11 +12,12 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from steerlight.answers import extract, is_correct
+from steerlight.checkpoint import base_model_identity, check_base_model
 from steerlight.data.prompts import PresetName, get_preset
 from steerlight.errors import SteerlightError
 from steerlight.eval import figures
-from steerlight.eval.metrics import ExactMatch
+from steerlight.eval.metrics import Accuracy
+from steerlight.eval.report import paired_record
 from steerlight.io import steerlight_home
 from steerlight.model.generation import GenerationSettings, generate
 from steerlight.model.layers import resolve_layer
@@ -25,11 +26,19 @@ from steerlight.steering.activations import ActivationCache, ReadPosition
 from steerlight.steering.apply import Method, SteeringConfig, steered_generate
 from steerlight.steering.caa import Normalization, scale_vectors
 from steerlight.steering.dac import DACGeneration, DACSettings
-from steerlight.steering.fit import Pairs, TrainFit, corrupted_pairs, solution_activations
+from steerlight.steering.fit import (
+    Pairs,
+    TrainFit,
+    contrastive_texts,
+    fit_keys,
+    icl_vectors,
+    solution_activations,
+)
 from steerlight.steering.hooks import Positions
 
+log = logging.getLogger(__name__)
+
 STAGES = ("val", "test", "test_baseline")
-MODES = ("strict", "flexible")
 
 
 class SteeredLM(pl.LightningModule):
@@ -99,9 +108,7 @@ class SteeredLM(pl.LightningModule):
         # plain dicts: checkpoints are read with `weights_only=True`, which refuses dataclasses
         self.hparams.update(generation=dataclasses.asdict(generation), dac=dataclasses.asdict(dac))
         self.preset, self.settings, self.dac = get_preset(preset), generation, dac
-        self.metrics = torch.nn.ModuleDict(
-            {f"{s}_{m}": ExactMatch() for s in STAGES for m in MODES}
-        )
+        self.metrics = torch.nn.ModuleDict({stage: Accuracy() for stage in STAGES})
         self.model: torch.nn.Module | None = None
         self.tokenizer = None
         self.fingerprint = ""
@@ -154,7 +161,9 @@ class SteeredLM(pl.LightningModule):
 
     def steering_config(self) -> SteeringConfig:
         hp = self.hparams
-        return SteeringConfig(hp.method, self.layer, hp.alpha, hp.positions, self.dac)
+        return SteeringConfig(
+            hp.method, self.layer, hp.alpha, hp.positions, hp.normalization, self.dac
+        )
 
     def steering_vector(self, name: str = "vectors") -> Tensor:
         """The fitted vector (or DAC's per-step `icl_vectors`) at the steered layer, scaled."""
@@ -168,58 +177,35 @@ class SteeredLM(pl.LightningModule):
 
     # -- fit: one pass over train contrastive data ---------------------------------------------
 
-    def _activation_key(self) -> dict[str, Any]:
-        hp, dm = self.hparams, self.trainer.datamodule
-        key = {
-            "model": hp.model_name_or_path,
-            "revision": hp.revision,
-            "weights": self.fingerprint,
-            "dtype": hp.dtype,
-            "data": getattr(dm, "fingerprints", {}).get("train"),
-            "preset": hp.preset,
-            "pairs": hp.pairs,
-            "read_position": hp.read_position,
-            "seed": hp.seed,
-            "limit_train_batches": self.trainer.limit_train_batches,
-            "world_size": self.trainer.world_size,
-            "batch_size": getattr(dm, "hparams", {}).get("batch_size"),
-        }
-        if hp.pairs == "on_policy":
-            key["generation"] = dataclasses.asdict(self.settings)
-        return key
-
     def on_train_epoch_start(self) -> None:
-        key = self._activation_key()
-        if self._fit is not None and self._fit.key == key:
-            return  # later epochs of a multi-round fit: the state is known
-        icl = self.hparams.method == "dac" and self.dac.vectors == "icl"
-        state_key = {
-            **key,
-            "kind": "steering",
-            "icl": [self.dac.steps, self.dac.icl_examples] if icl else None,
-        }
-        cache = ActivationCache(self.hparams.cache_dir or steerlight_home() / "activations")
-        self._fit = TrainFit(cache, key, state_key)
+        hp = self.hparams
+        key, state_key = fit_keys(
+            hp, self.fingerprint, self.trainer.datamodule, self.trainer, self.settings, self.dac
+        )
+        if self._fit is None or self._fit.key != key:  # later epochs of a fit: state known
+            cache = ActivationCache(hp.cache_dir or steerlight_home() / "activations")
+            self._fit = TrainFit(cache, key, state_key)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if not self._fit.collecting:
             return  # (ending the epoch early with -1 would also skip validation)
-        if self.hparams.pairs == "on_policy":
-            texts = self.generate_batch(batch, steered=False).texts
-            labels = [self._correct(t, g) for t, g in zip(texts, batch["golds"], strict=True)]
-            texts = [p + t for p, t in zip(batch["prompts"], texts, strict=True)]
-            lens = batch["attention_mask"].sum(1).tolist()
-        else:
-            texts, labels, lens = corrupted_pairs(
-                batch, self.preset.continuation, self.hparams.seed
-            )
-        chat = self.preset.name == "chat"
-        read = self.hparams.read_position
-        acts = solution_activations(self.model, self.tokenizer, texts, lens, read, not chat)
+        hp = self.hparams
+        texts, labels, lens = contrastive_texts(
+            batch, self.preset, hp.pairs, hp.seed, lambda: self.generate_batch(batch, False).texts
+        )
+        chat = self.preset.name == "chat"  # a chat template brings its own special tokens
+        acts = solution_activations(
+            self.model, self.tokenizer, texts, lens, hp.read_position, not chat
+        )
         self._fit.add(acts, labels)
 
     def on_train_epoch_end(self) -> None:
         self._finish_fit()
+
+    def _icl_vectors(self) -> dict[str, Tensor]:
+        return icl_vectors(
+            self.model, self.tokenizer, self.preset, self.trainer.datamodule, self.dac
+        )
 
     def _finish_fit(self) -> None:
         """Turn the collected (or cached) activations into vectors and probes, once per fit."""
@@ -230,38 +216,18 @@ class SteeredLM(pl.LightningModule):
         state = self._fit.finish(
             self.hparams.pairs,
             self.hparams.seed,
-            self._gather,
+            lambda items: _all_ranks(self.trainer, items),
             self.trainer.is_global_zero,
             extra=self._icl_vectors if self._fit.state_key["icl"] else None,
         )
         self.steering = state
         for i, value in enumerate(state["probe_auc"].tolist()):
             self.log(f"probe_auc/layer_{i:02d}", value)
-        if self._tensorboard() is not None:
-            self._tensorboard().add_figure(
-                "probes/auc_per_layer", figures.auc_figure(state["probe_auc"].tolist()), 0
+        writer = _tensorboard(self)
+        if writer is not None:
+            writer.add_figure(
+                "probes/auc_per_layer", figures.auc_figure(state["probe_auc"].tolist())
             )
-
-    def _icl_vectors(self) -> dict[str, Tensor]:
-        """DAC's own vectors from train examples: few-shot prompt minus zero-shot prompt."""
-        from steerlight.steering.icl import icl_step_vectors
-
-        dm = self.trainer.datamodule
-        rows = dm.splits["train"][: self.dac.icl_examples]
-        if not dm.exemplars:
-            raise SteerlightError(
-                "dac.vectors=icl needs in-context exemplars: set data.n_shots > 0"
-            )
-        vectors = icl_step_vectors(
-            self.model,
-            self.tokenizer,
-            [r["prompt"] for r in rows],
-            [self.preset.render(r["question"], (), self.tokenizer) for r in rows],
-            [self.preset.continuation(r["answer"]) for r in rows],
-            "all",
-            T=self.dac.steps,
-        )
-        return {"icl_vectors": vectors}
 
     # -- generation ---------------------------------------------------------------------------
 
@@ -296,19 +262,15 @@ class SteeredLM(pl.LightningModule):
     # validates one shard of val, so `val/acc` after epoch r is the accuracy on r+1 shards -
     # the intermediate value the search's pruner sees.
     def on_fit_start(self) -> None:
-        self._reset("val")
+        self.metrics["val"].reset()
 
     def on_validation_start(self) -> None:
         if self.trainer.state.fn != "fit":
-            self._reset("val")
+            self.metrics["val"].reset()
 
     def on_test_start(self) -> None:
-        self._reset("test", "test_baseline")
-
-    def _reset(self, *stages: str) -> None:
-        for stage in stages:
-            for mode in MODES:
-                self.metrics[f"{stage}_{mode}"].reset()
+        self.metrics["test"].reset()
+        self.metrics["test_baseline"].reset()
 
     def on_validation_epoch_start(self) -> None:
         self._finish_fit()  # in `fit`, Lightning validates before on_train_epoch_end
@@ -326,135 +288,68 @@ class SteeredLM(pl.LightningModule):
         baseline = self.generate_batch(batch, steered=False).texts if self.steers else steered
         self._score(batch, steered, "test")
         self._score(batch, baseline, "test_baseline")
+        form = self.preset.answer_form
         for i, ex_id in enumerate(batch["ids"]):
-            gold = batch["golds"][i]
-            record = {"id": ex_id, "question": batch["questions"][i], "gold": gold}
-            for name, texts in (("baseline", baseline), ("steered", steered)):
-                record[f"{name}_completion"] = texts[i]
-                for mode in MODES:
-                    pred = extract(texts[i], mode, self.preset.answer_form)
-                    record[f"{name}_extracted_{mode}"] = pred
-                    record[f"{name}_correct_{mode}"] = is_correct(pred, gold)
-            self.records.append(record)
-
-    def _correct(self, text: str, gold: str, mode: str = "strict") -> bool:
-        return is_correct(extract(text, mode, self.preset.answer_form), gold)
+            texts = {"baseline": baseline[i], "steered": steered[i]}
+            q, gold = batch["questions"][i], batch["golds"][i]
+            self.records.append(paired_record(ex_id, q, gold, texts, form))
 
     def _score(self, batch: dict[str, Any], texts: list[str], stage: str) -> None:
         form = self.preset.answer_form
-        for mode in MODES:
-            preds = [extract(t, mode, form) for t in texts]
-            self.metrics[f"{stage}_{mode}"].update(preds, batch["golds"])
-        if stage not in self.samples:
-            return
-        room = self.hparams.log_samples - len(self.samples[stage])
-        for q, t, g in list(zip(batch["questions"], texts, batch["golds"], strict=True))[:room]:
-            pred = extract(t, "strict", form)
-            self.samples[stage].append(
-                {
-                    "question": q,
-                    "completion": t,
-                    "extracted": pred,
-                    "gold": g,
-                    "correct": is_correct(pred, g),
-                }
-            )
+        self.metrics[stage].update(texts, batch["golds"], form)
+        if stage in self.samples:  # a few generations for TensorBoard's TEXT tab
+            room = self.hparams.log_samples - len(self.samples[stage])
+            rows = figures.sample_rows(batch["questions"], texts, batch["golds"], form, room)
+            self.samples[stage] += rows
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
-        for mode in MODES:
-            self.log(f"test/baseline_acc_{mode}", self.metrics[f"test_baseline_{mode}"].compute())
-        self.records = [r for part in self._gather(self.records) for r in part]
+        for mode, value in self.metrics["test_baseline"].compute().items():
+            self.log(f"test/baseline_acc_{mode}", value)
+        self.records = [r for part in _all_ranks(self.trainer, self.records) for r in part]
         out = self.results_dir()  # on every rank: trainer.log_dir is a collective under DDP
         if self.trainer.is_global_zero:
             self._write_results(out)
 
-    def _gather(self, items: list) -> list[list]:
-        """Every process's list (one per rank), e.g. under DDP; just [items] on one device."""
-        if self.trainer.world_size == 1:
-            return [items]
-        import torch.distributed as dist
-
-        parts: list = [None] * self.trainer.world_size
-        dist.all_gather_object(parts, items)
-        return parts
-
     def _epoch_end(self, stage: str) -> None:
-        values = {m: self.metrics[f"{stage}_{m}"].compute() for m in MODES}
+        values = self.metrics[stage].compute()
         for mode, value in values.items():
             self.log(f"{stage}/acc_{mode}", value)
         # `<stage>/acc` is what checkpoints and the search monitor: strict match.
         self.log(f"{stage}/acc", values["strict"], prog_bar=True)  # shown at the end of fit
-        total = self.metrics[f"{stage}_strict"].total.float()  # this rank's count
+        total = self.metrics[stage].strict.total.float()  # this rank's count
         self.log(f"{stage}/questions", total, sync_dist=True, reduce_fx="sum")
-        writer = self._tensorboard()
+        writer = _tensorboard(self)
         if writer is not None:
-            if self.samples[stage]:
-                table = figures.samples_table(self.samples[stage])
-                writer.add_text(f"{stage}/samples", table, self.current_epoch)
-            figures.log_dac_alphas(writer, stage, self._dac_alphas)
+            figures.log_stage(
+                writer, stage, self.samples[stage], self._dac_alphas, self.current_epoch
+            )
             self.logger.log_hyperparams(
                 dict(self.hparams), {f"{stage}/acc": float(values["strict"])}
             )
         self._dac_alphas = []
 
-    def _tensorboard(self):
-        """The TensorBoard writer on the main process, or None with another (or no) logger."""
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
-            return self.logger.experiment
-        return None
-
-    def steering_summary(self) -> dict[str, Any]:
-        """The full steering configuration, as the verdict records it."""
-        hp = self.hparams
-        if not self.steers:
-            return {"method": "none" if hp.method == "none" else f"{hp.method} (strength 0)"}
-        out = {
-            "method": hp.method,
-            "layer": self.layer,
-            "positions": hp.positions,
-            "normalization": hp.normalization,
-        }
-        if hp.method == "dac":
-            return {**out, "dac": dict(hp.dac)}
-        return {**out, "alpha": hp.alpha}
-
     def _write_results(self, out: Path) -> None:
         """final_results.json, predictions.jsonl and reproducibility.json; the verdict printed."""
-        from steerlight.eval.report import format_verdict, write_results
+        from steerlight.eval.report import format_verdict, write_verdict
         from steerlight.layout import RESULTS
 
-        hp, dm = self.hparams, self.trainer.datamodule
-        study = out / "best.json"  # written by the search beside best.ckpt
-        identity = {
-            "name_or_path": hp.model_name_or_path,
-            "revision": hp.revision,
-            "weights_fingerprint": self.fingerprint,
-        }
-        header = {
-            "checkpoint": self.trainer.ckpt_path,
-            "model": hp.model_name_or_path,
-            "method": hp.method,
-            "layer": self.layer if self.steers else None,
-            "alpha": hp.alpha if hp.method == "caa" else None,
-            "steering": self.steering_summary(),
-        }
-        reproducibility = {
-            "model_hparams": dict(hp),
-            "data_hparams": dict(getattr(dm, "hparams", {})),
-            "seed_everything": os.environ.get("PL_GLOBAL_SEED"),
-            "test_data_fingerprint": getattr(dm, "fingerprints", {}).get("test"),
-            "data_fingerprint": getattr(dm, "fingerprint", None),
-            "base_model": identity,
-            "study": _read_json(study),
-        }
-        results = write_results(out, self.records, header, reproducibility, seed=hp.seed)
-        print(format_verdict(results, out / RESULTS), flush=True)
+        steering = self.steering_config().summary() if self.steers else {"steers": False}
+        steering = {"method": self.hparams.method, **steering}
+        identity = base_model_identity(self.hparams, self.fingerprint)
+        results = write_verdict(
+            out,
+            self.records,
+            steering,
+            self.hparams,
+            identity,
+            self.trainer.ckpt_path,
+            self.trainer.datamodule,
+        )
+        log.info(format_verdict(results, out / RESULTS))
 
     def results_dir(self) -> Path:
         """Beside the checkpoint that was tested, else in the run's log folder."""
@@ -467,26 +362,11 @@ class SteeredLM(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {}
         checkpoint["steering"] = {k: v.cpu() for k, v in self.steering.items()}
-        checkpoint["base_model"] = {
-            "name_or_path": self.hparams.model_name_or_path,
-            "revision": self.hparams.revision,
-            "weights_fingerprint": self.fingerprint,
-        }
+        checkpoint["base_model"] = base_model_identity(self.hparams, self.fingerprint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "steering" not in checkpoint or "base_model" not in checkpoint:
-            raise SteerlightError(
-                "this checkpoint was not written by steerlight (no steering state)"
-            )
         self.configure_model()
-        saved = checkpoint["base_model"]
-        if saved["weights_fingerprint"] != self.fingerprint:
-            raise SteerlightError(
-                f"checkpoint was fitted on {saved['name_or_path']!r} (weights "
-                f"{saved['weights_fingerprint']}), but the loaded model "
-                f"{self.hparams.model_name_or_path!r} has weights {self.fingerprint}: test it "
-                "with the model it was fitted on, or fit a new checkpoint for this one"
-            )
+        check_base_model(checkpoint, base_model_identity(self.hparams, self.fingerprint))
         self.steering = dict(checkpoint["steering"])
 
 
@@ -498,7 +378,21 @@ def _group(cls: type, value: Any, name: str) -> Any:
         raise SteerlightError(f"model.{name}: {err}") from None
 
 
-def _read_json(path: Path) -> Any:
-    import json
+def _all_ranks(trainer: pl.Trainer, items: list) -> list[list]:
+    """Every process's list (one per rank), e.g. under DDP; just [items] on one device."""
+    if trainer.world_size == 1:
+        return [items]
+    import torch.distributed as dist
 
-    return json.loads(path.read_text()) if path.is_file() else None
+    parts: list = [None] * trainer.world_size
+    dist.all_gather_object(parts, items)
+    return parts
+
+
+def _tensorboard(module: pl.LightningModule):
+    """The TensorBoard writer on the main process, or None with another (or no) logger."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    if isinstance(module.logger, TensorBoardLogger) and module.trainer.is_global_zero:
+        return module.logger.experiment
+    return None

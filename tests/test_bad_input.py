@@ -91,7 +91,7 @@ class Workspace:
 def workspace(tmp_path_factory, tiny_llama_dir, single_torch_thread) -> Workspace:
     """A fitted checkpoint, a study over SPACE, a checkpoint whose model folder now holds other
     weights, and a model that needs its own code."""
-    from tiny_models import build_tiny_model
+    from random_models import build_tiny_model
 
     from steerlight.cli import cli_main
 

@@ -93,7 +93,7 @@ def test_checkpoint_from_another_model_is_refused(llama, tiny_random_root, tmp_p
     fit = trainer(tmp_path)
     fit.fit(module, datamodule(llama))
     other = model_dir(tiny_random_root, "llama", tmp_path / "other")
-    from tiny_models import build_tiny_model
+    from random_models import build_tiny_model
 
     build_tiny_model("llama", other, seed=1)  # same architecture, other weights
     with pytest.raises(SteerlightError, match="checkpoint was fitted on"):

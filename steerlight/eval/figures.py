@@ -31,6 +31,21 @@ def auc_figure(auc: Sequence[float]):
     return fig
 
 
+def sample_rows(
+    questions: Sequence[str], texts: Sequence[str], golds: Sequence[str], form: str, room: int
+) -> list[dict[str, Any]]:
+    """Up to `room` sample generations with their strict extraction, for `samples_table`."""
+    from steerlight.answers import extract, is_correct
+
+    rows = []
+    for q, t, g in list(zip(questions, texts, golds, strict=True))[: max(room, 0)]:
+        pred = extract(t, "strict", form)
+        rows.append(
+            dict(question=q, completion=t, extracted=pred, gold=g, correct=is_correct(pred, g))
+        )
+    return rows
+
+
 def samples_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Sample generations as a markdown table (TensorBoard's TEXT tab renders it)."""
     table = ["| " + " | ".join(SAMPLE_COLUMNS) + " |", "|---" * len(SAMPLE_COLUMNS) + "|"]
@@ -38,6 +53,15 @@ def samples_table(rows: Sequence[Mapping[str, Any]]) -> str:
         cells = (str(row[c]).replace("|", "\\|").replace("\n", "<br>") for c in SAMPLE_COLUMNS)
         table.append("| " + " | ".join(cells) + " |")
     return "\n".join(table)
+
+
+def log_stage(
+    writer, stage: str, samples: Sequence[Mapping[str, Any]], alphas: Sequence[Tensor], step: int
+) -> None:
+    """A val or test pass's sample generations (TEXT) and DAC's strengths per step."""
+    if samples:
+        writer.add_text(f"{stage}/samples", samples_table(samples), step)
+    log_dac_alphas(writer, stage, alphas)
 
 
 def log_dac_alphas(writer, stage: str, alphas: Sequence[Tensor]) -> None:

@@ -40,3 +40,25 @@ class ExactMatch(Metric):
         if self.total == 0:
             return torch.tensor(0.0, device=self.correct.device)
         return self.correct.float() / self.total
+
+
+class Accuracy(torch.nn.Module):
+    """Strict and flexible `ExactMatch` of one stage (val, test, the test's baseline)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.strict, self.flexible = ExactMatch(), ExactMatch()
+
+    def update(self, texts: Sequence[str], golds: Sequence[str], form: str) -> None:
+        """Score completions: extract each mode's answer, compare with the gold answer."""
+        from steerlight.answers import extract
+
+        self.strict.update([extract(t, "strict", form) for t in texts], golds)
+        self.flexible.update([extract(t, "flexible", form) for t in texts], golds)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {"strict": self.strict.compute(), "flexible": self.flexible.compute()}
+
+    def reset(self) -> None:
+        self.strict.reset()
+        self.flexible.reset()

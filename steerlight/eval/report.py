@@ -43,6 +43,22 @@ def verdict(records: Sequence[Mapping[str, Any]], seed: int = 0) -> dict[str, An
     return out
 
 
+def paired_record(
+    ex_id: str, question: str, gold: str, completions: Mapping[str, str], form: str
+) -> dict[str, Any]:
+    """One question's outcome for each model (`baseline`, `steered`): the predictions.jsonl row."""
+    from steerlight.answers import extract, is_correct
+
+    record = {"id": ex_id, "question": question, "gold": gold}
+    for name, text in completions.items():
+        record[f"{name}_completion"] = text
+        for mode in MODES:
+            pred = extract(text, mode, form)
+            record[f"{name}_extracted_{mode}"] = pred
+            record[f"{name}_correct_{mode}"] = is_correct(pred, gold)
+    return record
+
+
 def write_results(
     out: Path,
     records: Sequence[Mapping[str, Any]],
@@ -56,6 +72,40 @@ def write_results(
     write_json(out / RESULTS, results)
     write_json(out / REPRODUCIBILITY, {**reproducibility, "environment": environment()})
     return results
+
+
+def write_verdict(
+    out: Path,
+    records: Sequence[Mapping[str, Any]],
+    steering: Mapping[str, Any],
+    hparams: Mapping[str, Any],
+    base_model: Mapping[str, Any],
+    checkpoint: str | None,
+    datamodule: Any,
+) -> dict[str, Any]:
+    """The test's verdict files for a run: what steered, the statistics, and the bundle that
+    reproduces it (config, seeds, data and weights fingerprints, the search's best trial)."""
+    import os
+
+    header = {
+        "checkpoint": checkpoint,
+        "model": hparams["model_name_or_path"],
+        "method": hparams["method"],
+        "layer": steering.get("layer"),
+        "alpha": steering.get("alpha"),
+        "steering": dict(steering),
+    }
+    study = out / "best.json"  # written by the search beside best.ckpt
+    reproducibility = {
+        "model_hparams": dict(hparams),
+        "data_hparams": dict(getattr(datamodule, "hparams", {})),
+        "seed_everything": os.environ.get("PL_GLOBAL_SEED"),
+        "test_data_fingerprint": getattr(datamodule, "fingerprints", {}).get("test"),
+        "data_fingerprint": getattr(datamodule, "fingerprint", None),
+        "base_model": dict(base_model),
+        "study": json.loads(study.read_text()) if study.is_file() else None,
+    }
+    return write_results(out, records, header, reproducibility, seed=hparams["seed"])
 
 
 def format_verdict(results: Mapping[str, Any], path: Path | str | None = None) -> str:

@@ -19,8 +19,8 @@ __all__ = ["search", "verdict"]
 
 
 def search(config: str | Path | dict = "configs/debug.yaml", **kwargs: Any):
-    """Run a search and return its `optuna.Study` (see `steerlight.search.study.search`)."""
-    from steerlight.search.study import search as run
+    """Run a search and return its `optuna.Study` (see `steerlight.search.command.search`)."""
+    from steerlight.search.command import search as run
 
     return run(config, **kwargs)
 

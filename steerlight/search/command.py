@@ -25,7 +25,7 @@ from steerlight.cli import (
 from steerlight.errors import SteerlightError
 from steerlight.io import read_yaml
 from steerlight.search.objective import merge
-from steerlight.search.space import Space
+from steerlight.search.space import Space, nest
 from steerlight.search.study import DEFAULT_CONFIG, SEARCH_ONLY, SearchOptions, run_search
 
 DESCRIPTION = (
@@ -119,6 +119,23 @@ def parse_argv(argv: list[str]) -> tuple[dict, Space, SearchOptions, str]:
     return _split(_parse(argv), files[-1] if files else "search")
 
 
+def search(
+    config: str | Path | Mapping[str, Any] = DEFAULT_CONFIG,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    **options: Any,
+):
+    """Run a search and return its `optuna.Study`; the study folder is `<root>/<study name>`.
+
+    `config` is a run config file (with a `search:` section) or the same as a mapping;
+    `overrides` are dotted keys as on the command line (``{"data.limit_val": 40}``); `options`
+    are `SearchOptions` fields (``n_trials=20``, ``study_name="caa"``, ``root=...``).
+    """
+    args = nest(overrides or {})
+    args.update(options)
+    return run_search(*parse_search(config, args))
+
+
 def run(argv: list[str]):
     """A command line's search, start to end; returns the `optuna.Study`."""
     return run_search(*parse_argv(argv))
@@ -126,7 +143,10 @@ def run(argv: list[str]):
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m steerlight.search`: errors in one line (`--verbose` for the traceback)."""
+    from steerlight.console import show_logs
     from steerlight.errors import exit_on_error
+
+    show_logs()
 
     def start() -> None:  # after exit_on_error took `--verbose` out of sys.argv
         run(sys.argv[1:] if argv is None else [a for a in argv if a != "--verbose"])

@@ -44,7 +44,8 @@ class Space:
 
     Names are `SteeredLM` arguments, and `group.field` for its settings groups
     (`dac.alpha_max`, `generation.max_new_tokens`). `layer: {probe_top_k: N}` searches the N
-    layers whose probes score best on train. `when: {method: {...}}` adds dimensions only for that method.
+    layers whose probes score best on train. `when: {method: {...}}` adds dimensions only for
+    that method.
     """
 
     params: dict[str, Any]

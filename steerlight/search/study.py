@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -92,31 +92,6 @@ SEARCH_ONLY = {f.name for f in dataclasses.fields(SearchOptions)} | {"search", "
 """Keys of a parsed search command that are not part of the run config."""
 
 
-def search(
-    config: str | Path | Mapping[str, Any] = DEFAULT_CONFIG,
-    *,
-    overrides: Mapping[str, Any] | None = None,
-    **options: Any,
-):
-    """Run a search and return its `optuna.Study`; the study folder is `<root>/<study name>`.
-
-    `config` is a run config file (with a `search:` section) or the same as a mapping;
-    `overrides` are dotted keys as on the command line (``{"data.limit_val": 40}``); `options`
-    are `SearchOptions` fields (``n_trials=20``, ``study_name="caa"``, ``root=...``).
-    """
-    from steerlight.search.command import parse_search
-
-    args = _nested(overrides or {})
-    args.update(options)
-    return run_search(*parse_search(config, args))
-
-
-def _nested(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    from steerlight.search.space import nest
-
-    return nest(overrides)
-
-
 def make_sampler(options: SearchOptions, seed: int):
     import optuna
 
@@ -186,9 +161,8 @@ def progress_line(study, trial) -> None:
         outcome = f"FAIL: {trial.user_attrs.get('error', 'see the log')}"
     retry = trial.system_attrs.get("failed_trial")
     again = f" (retry of trial {retry}, whose worker died)" if retry is not None else ""
-    print(
-        f"[{study.study_name}] trial {trial.number}{again}: {params} -> {outcome} ({secs:.1f}s)",
-        flush=True,
+    log.info(
+        f"[{study.study_name}] trial {trial.number}{again}: {params} -> {outcome} ({secs:.1f}s)"
     )
 
 
@@ -231,9 +205,7 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
                         study.enqueue_trial(
                             space.baseline(search.probe_auc), user_attrs={"baseline": True}
                         )
-                print(
-                    f"[{name}] worker {search.worker} (#{index}, sampler seed {seed})", flush=True
-                )
+                log.info(f"[{name}] worker {search.worker} (#{index}, sampler seed {seed})")
                 search.gate = TrialGate(lock, options.max_trials)
                 if search.gate.admit(study):
                     n_trials = options.n_trials or (None if options.max_trials else 50)
@@ -264,29 +236,26 @@ def _print_summary(study, folder: StudyFolder, seconds: float) -> None:
     name = folder.name
     states = [t.state.name for t in study.trials]
     summary = ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states)))
-    print(
+    log.info(
         f"[{name}] {len(states)} trials ({summary}) in {seconds:.0f}s; artefacts in {folder.path}"
     )
     try:
         best = study.best_trial
     except ValueError:
-        print(f"[{name}] no trial completed", flush=True)
+        log.info(f"[{name}] no trial completed")
         return
     params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
     baseline = next((t for t in study.trials if t.user_attrs.get("baseline")), None)
     versus = ""
     if baseline is not None and baseline.value is not None:
         versus = f" (unsteered baseline, trial {baseline.number}: {baseline.value:.4f})"
-    print(f"[{name}] best: trial {best.number}, val/acc {best.value:.4f}{versus}; {params}")
+    log.info(f"[{name}] best: trial {best.number}, val/acc {best.value:.4f}{versus}; {params}")
     if not Path(best.user_attrs.get("checkpoint", "")).is_file():
         # Another machine's worker ran it: best.ckpt here is the best this machine holds.
-        print(
+        log.info(
             f"[{name}] trial {best.number}'s checkpoint is on worker "
             f"{best.user_attrs.get('worker', '?')} ({best.user_attrs.get('checkpoint')}); "
             f"give every worker one shared --root to have the study's best in {folder.path}"
         )
     root = "" if folder.root == Path("lightning_logs") else f" --root {folder.root}"
-    print(
-        f"[{name}] next: python -m steerlight test --ckpt best --study-name {name}{root}",
-        flush=True,
-    )
+    log.info(f"[{name}] next: python -m steerlight test --ckpt best --study-name {name}{root}")

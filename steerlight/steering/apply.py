@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -23,6 +24,7 @@ class SteeringConfig:
     layer: int
     alpha: float
     positions: Positions
+    normalization: str
     dac: DACSettings
 
     @property
@@ -30,6 +32,17 @@ class SteeringConfig:
         """Whether generation differs from the unsteered model at all."""
         strength = self.dac.alpha_max if self.method == "dac" else self.alpha
         return self.method != "none" and strength != 0
+
+    def summary(self) -> dict[str, Any]:
+        """What steers, as the verdict records it (only the active method's strength)."""
+        if not self.steers:
+            return {"method": self.method, "steers": False}
+        out = {"method": self.method, "steers": True, "layer": self.layer}
+        out["positions"] = self.positions
+        out["normalization"] = self.normalization
+        if self.method == "dac":
+            return {**out, "dac": dataclasses.asdict(self.dac)}
+        return {**out, "alpha": self.alpha}
 
 
 def steered_generate(

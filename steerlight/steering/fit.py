@@ -47,6 +47,26 @@ def corrupted_pairs(
     return texts, labels, lens
 
 
+def contrastive_texts(
+    batch: Mapping[str, Any],
+    preset: Any,
+    pairs: Pairs,
+    seed: int,
+    unsteered: Callable[[], list[str]],
+) -> tuple[list[str], list[bool], list[int]]:
+    """Texts, labels (True = good) and prompt lengths for a train batch: `corrupted` pairs, or
+    (`on_policy`) the model's own unsteered completions labelled by strict correctness."""
+    if pairs == "corrupted":
+        return corrupted_pairs(batch, preset.continuation, seed)
+    from steerlight.answers import extract, is_correct
+
+    texts = unsteered()
+    form, golds = preset.answer_form, batch["golds"]
+    labels = [is_correct(extract(t, "strict", form), g) for t, g in zip(texts, golds, strict=True)]
+    texts = [p + t for p, t in zip(batch["prompts"], texts, strict=True)]
+    return texts, labels, batch["attention_mask"].sum(1).tolist()
+
+
 def solution_activations(
     model: nn.Module,
     tokenizer: Any,
@@ -135,3 +155,54 @@ class TrainFit:
         log.info("fitted CAA vectors and probes on %d train examples", len(labels))
         self.state = state
         return state
+
+
+def fit_keys(
+    hparams: Mapping[str, Any],
+    fingerprint: str,
+    datamodule: Any,
+    trainer: Any,
+    settings: Any,
+    dac: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The cache keys of a fit: what its activations depend on, and what its state adds."""
+    import dataclasses
+
+    key = {
+        "model": hparams["model_name_or_path"],
+        "revision": hparams["revision"],
+        "weights": fingerprint,
+        "dtype": hparams["dtype"],
+        "data": getattr(datamodule, "fingerprints", {}).get("train"),
+        "preset": hparams["preset"],
+        "pairs": hparams["pairs"],
+        "read_position": hparams["read_position"],
+        "seed": hparams["seed"],
+        "limit_train_batches": trainer.limit_train_batches,
+        "world_size": trainer.world_size,
+        "batch_size": getattr(datamodule, "hparams", {}).get("batch_size"),
+    }
+    if hparams["pairs"] == "on_policy":
+        key["generation"] = dataclasses.asdict(settings)
+    icl = hparams["method"] == "dac" and dac.vectors == "icl"
+    state_key = {**key, "kind": "steering", "icl": [dac.steps, dac.icl_examples] if icl else None}
+    return key, state_key
+
+
+def icl_vectors(model: nn.Module, tokenizer: Any, preset: Any, datamodule: Any, dac: Any):
+    """DAC's own vectors from train examples: few-shot prompt minus zero-shot prompt."""
+    from steerlight.steering.icl import icl_step_vectors
+
+    rows = datamodule.splits["train"][: dac.icl_examples]
+    if not datamodule.exemplars:
+        raise SteerlightError("dac.vectors=icl needs in-context exemplars: set data.n_shots > 0")
+    vectors = icl_step_vectors(
+        model,
+        tokenizer,
+        [r["prompt"] for r in rows],
+        [preset.render(r["question"], (), tokenizer) for r in rows],
+        [preset.continuation(r["answer"]) for r in rows],
+        "all",
+        T=dac.steps,
+    )
+    return {"icl_vectors": vectors}

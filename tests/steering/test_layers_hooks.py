@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import ARCHS, NUM_LAYERS
+from random_models import ARCHS, NUM_LAYERS
 from torch import nn
 from transformers import AutoModelForCausalLM
 
