@@ -65,4 +65,4 @@ def test_the_command_line_shows_what_the_api_logs(tmp_path, caplog):
     study.optimize(lambda t: t.suggest_float("alpha", -1, 1) + 0.5, n_trials=1)
     with caplog.at_level(logging.INFO, logger="steerlight"):
         progress_line(study, study.trials[0])
-    assert "[s] trial 0: alpha=0.0 -> val/acc 0.5000" in caplog.text
+    assert "[s] trial 0: alpha=0 -> val/acc 0.5000" in caplog.text
