@@ -1,4 +1,5 @@
-"""`python -m steerlight fit|validate|test|predict|search|tiny ...`: one entry for every job."""
+"""`python -m steerlight fit|validate|test|predict|search|tiny|export ...`: one entry for every
+job."""
 
 import sys
 
@@ -7,8 +8,12 @@ from steerlight.errors import exit_on_error
 
 def main() -> None:
     command = sys.argv[1] if len(sys.argv) > 1 else None
-    if command in ("search", "tiny"):
+    if command in ("search", "tiny", "export"):
         sys.argv = [f"{sys.argv[0]} {command}", *sys.argv[2:]]
+        if command == "export":
+            from steerlight.export.command import main as export_main
+
+            return export_main()
         if command == "search":
             from steerlight.search.command import main as search_main
 

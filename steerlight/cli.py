@@ -18,8 +18,8 @@ from steerlight import layout
 from steerlight.checkpoint import SteeringCheckpoint, check_checkpoint
 from steerlight.data.datamodule import GSM8KDataModule
 from steerlight.errors import SteerlightError, one_line
-from steerlight.io import ensure_writable_dir, read_yaml
-from steerlight.module import SteeredLM
+from steerlight.io import ensure_writable_dir, read_config
+from steerlight.module import SETTINGS_GROUPS, SteeredLM
 
 # Lightning's advice for training loops that does not apply to a frozen, closed-form model.
 _EXPECTED_WARNINGS = (
@@ -99,16 +99,21 @@ class SteerlightCLI(LightningCLI):
             args = argv
         self._argv = argv  # the --model.* flags given: they beat a checkpoint's saved arguments
         for path in config_files(argv):
-            read_yaml(path)  # a missing file or a YAML syntax error, named in one line
-        self._parse(parser, args)
-        sub = self.config.get("subcommand")
-        spec = sub and self.config[sub].get("ckpt")
+            read_config(path)  # missing, a folder, not YAML, not a mapping: one line
+        sub, spec = _subcommand(argv), _flag(argv, "--ckpt")
+        if not spec:  # --ckpt may also come from a config file
+            self._parse(parser, args)
+            sub = self.config.get("subcommand")
+            spec = sub and self.config[sub].get("ckpt")
         if spec:
             if sub == "fit":
                 raise SteerlightError("--ckpt is for validate, test and predict")
-            ckpt, config = resolve_checkpoint(
-                spec, self.config[sub].get("study_name"), Path(self.config[sub].root)
-            )
+            root = Path(_flag(argv, "--root") or _flag(argv, "--logs_root") or "lightning_logs")
+            ckpt, config = resolve_checkpoint(spec, _flag(argv, "--study_name"), root)
+            if config:
+                read_config(config)  # a damaged best.yaml / config.yaml, named in one line
+            # the run's saved config first, so every flag given (also a logger's init_args,
+            # which need the saved class_path) applies on top of it
             at = argv.index(sub) + 1
             saved = ["--config", str(config)] if config else []
             self._parse(parser, [*argv[:at], *saved, *argv[at:], "--ckpt_path", str(ckpt)])
@@ -118,6 +123,28 @@ class SteerlightCLI(LightningCLI):
         path = sub and self.config[sub].get("ckpt_path")
         if path and sub != "fit":  # fit's ckpt_path resumes training, which steerlight never does
             check_checkpoint(path)  # before Lightning's loader turns a bad file into a traceback
+
+    def instantiate_classes(self) -> None:
+        """Lightning's, with a bad value caught by a class (a settings group's check, the
+        Trainer's accelerator) reported in one line instead of a traceback."""
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for name, cls in SETTINGS_GROUPS.items():  # checked here to name the key in errors
+            group = config.get("model", {}).get(name)
+            if group is not None and not isinstance(group, cls):
+                try:
+                    cls(**(group.as_dict() if hasattr(group, "as_dict") else dict(group)))
+                except (TypeError, ValueError) as err:
+                    raise SteerlightError(f"model.{name}: {one_line(str(err))}") from None
+        try:
+            super().instantiate_classes()
+        except SteerlightError:
+            raise
+        except MisconfigurationException as err:
+            raise SteerlightError(f"trainer: {one_line(str(err))}") from None
+        except (ValueError, TypeError) as err:
+            raise SteerlightError(_explain(str(err), self.parser)) from None
 
     def _parse_ckpt_path(self) -> None:
         """The model arguments saved in --ckpt_path, except those given as `--model.*` flags.
@@ -168,6 +195,30 @@ def underscore_flags(argv: Sequence[str]) -> list[str]:
             arg = "--" + name.replace("-", "_") + eq + value
         out.append(arg)
     return out
+
+
+def _flag(argv: Sequence[str], name: str) -> str | None:
+    """The value of `name` on a command line (`--x v` or `--x=v`; the last one wins)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _subcommand(argv: Sequence[str]) -> str | None:
+    """fit / validate / test / predict: the first word that is not an option or its value."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = "=" not in arg and arg not in ("-h", "--help", "--print_config")
+        else:
+            return arg if arg in ("fit", "validate", "test", "predict") else None
+    return None
 
 
 def config_files(argv: list[str]) -> list[str]:

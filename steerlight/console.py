@@ -18,7 +18,20 @@ def show_logs(level: int = logging.INFO) -> None:
     logger.setLevel(level)
     if any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _Stdout()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
+
+
+class _Stdout(logging.StreamHandler):
+    """A handler writing to whatever `sys.stdout` is when a record comes (a test's capture,
+    a redirected stream), not to the stream that was current when it was made."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass

@@ -30,3 +30,12 @@ def exit_on_error(prog: str, main: Callable[[], object]) -> None:
             raise
         print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as err:  # a full disk, a read-only folder, a file where a folder belongs
+        if verbose:
+            raise
+        where = f"cannot use {err.filename}: " if err.filename else ""
+        print(f"{prog}: error: {where}{err.strerror or err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -16,7 +16,13 @@ from steerlight.errors import SteerlightError
 
 def steerlight_home() -> Path:
     """Where steerlight keeps caches: ``$STEERLIGHT_HOME``, default ``~/.cache/steerlight``."""
-    return Path(os.environ.get("STEERLIGHT_HOME") or Path.home() / ".cache" / "steerlight")
+    home = Path(os.environ.get("STEERLIGHT_HOME") or Path.home() / ".cache" / "steerlight")
+    if home.exists() and not home.is_dir():
+        raise SteerlightError(
+            f"STEERLIGHT_HOME={home} is a file: point it at a folder (steerlight keeps its caches "
+            "there), or unset it for ~/.cache/steerlight"
+        )
+    return home
 
 
 @contextmanager
@@ -58,6 +64,18 @@ def copy_file(src: str | Path, dst: str | Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A config file: a YAML mapping (`trainer:`, `model:`, `data:`, ...), or a one-line error."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"a YAML {type(data).__name__}"
+        raise SteerlightError(
+            f"config file {path} is {what}: it must be a YAML mapping of settings "
+            "(e.g. `model:`, `data:`, `trainer:`)"
+        )
+    return data
+
+
 def ensure_writable_dir(path: str | Path, what: str) -> Path:
     """Create the folder `path` if needed and check that a file can be written in it.
 
@@ -82,6 +100,8 @@ def read_yaml(path: str | Path) -> Any:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise SteerlightError(f"{path} is a folder: pass a YAML file (a mapping of settings)")
     if not path.is_file():
         raise SteerlightError(f"file {path} does not exist")
     try:

@@ -39,6 +39,8 @@ from steerlight.steering.hooks import Positions
 log = logging.getLogger(__name__)
 
 STAGES = ("val", "test", "test_baseline")
+SETTINGS_GROUPS = {"generation": GenerationSettings, "dac": DACSettings}
+"""`SteeredLM` arguments that are dataclasses: `model.generation.*`, `model.dac.*`."""
 
 
 class SteeredLM(pl.LightningModule):
@@ -134,6 +136,13 @@ class SteeredLM(pl.LightningModule):
         self.model = load_model(path, hp.revision, hp.dtype, hp.trust_remote_code)
         self.tokenizer = load_tokenizer(path, hp.revision, hp.trust_remote_code)
         self.fingerprint = weights_fingerprint(self.model)
+        context = _context_length(self.model)
+        if context is not None and self.settings.max_new_tokens >= context:
+            raise SteerlightError(
+                f"model.generation.max_new_tokens={self.settings.max_new_tokens} does not fit "
+                f"{hp.model_name_or_path!r}, whose context holds {context} tokens with the "
+                f"prompt: use fewer (GSM8K solutions need about 256)"
+            )
         if hp.layer != "auto":
             try:
                 resolve_layer(self.model, hp.layer)
@@ -395,4 +404,14 @@ def _tensorboard(module: pl.LightningModule):
 
     if isinstance(module.logger, TensorBoardLogger) and module.trainer.is_global_zero:
         return module.logger.experiment
+    return None
+
+
+def _context_length(model: torch.nn.Module) -> int | None:
+    """The most tokens (prompt and generation) the model's positions cover, if it says."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
     return None

@@ -83,6 +83,17 @@ class GSM8KDataModule(pl.LightningDataModule):
         for name in ("val_size", "batch_size", "max_prompt_tokens", "val_shards"):
             if getattr(self.hparams, name) < 1:
                 raise SteerlightError(f"{name}={getattr(self.hparams, name)} must be at least 1")
+        for name in ("limit_train", "limit_val", "limit_test"):
+            value = getattr(self.hparams, name)
+            if value is not None and value < 1:
+                raise SteerlightError(
+                    f"data.{name}={value} is invalid: use 1 or more, or null for the whole split"
+                )
+        if not str(source).strip():
+            raise SteerlightError(
+                "data.source is empty: use a Hub dataset id (openai/gsm8k), a folder with "
+                "train.jsonl and test.jsonl, or synthetic"
+            )
         self.splits: dict[str, list[dict[str, Any]]] = {}
         self.exemplars: list[Row] = []
         self.fingerprint = ""

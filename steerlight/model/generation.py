@@ -15,7 +15,9 @@ pass on a CPU, since each step copied every cached key and value once more.
 
 from __future__ import annotations
 
+import copy
 import inspect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,23 @@ def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
             if i != -1:
                 cut = min(cut, i)
     return text[:cut]
+
+
+def stop_on_strings(
+    tokenizer: PreTrainedTokenizerBase,
+    nxt: Tensor,
+    rows: list[list[int]],
+    unfinished: Tensor,
+    stop_strings: Sequence[str],
+) -> None:
+    """Mark rows whose text now contains a stop string as finished (in place)."""
+    live = unfinished.tolist()
+    for i, tok in enumerate(nxt.tolist()):
+        rows[i].append(tok)
+        if live[i]:
+            text = tokenizer.decode(rows[i], skip_special_tokens=True)
+            if any(s and s in text for s in stop_strings):
+                unfinished[i] = False
 
 
 def _generation_config(
@@ -196,6 +217,9 @@ if _DynamicLayer is not None:
         def batch_select_indices(self, indices: Tensor) -> None:
             self._rebuild_from(lambda t: t[indices, ...])
 
+        def reorder_cache(self, beam_idx: Tensor) -> None:
+            self._rebuild_from(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
         def _rebuild_from(self, edit) -> None:
             """Apply a batch edit to the filled part and copy it into fresh buffers."""
             if not self.is_initialized or self._length == 0:
@@ -235,16 +259,99 @@ def preallocated_cache(model: nn.Module, capacity: int) -> Any | None:
     return cache
 
 
-def _cache_argument(model: nn.Module) -> str | None:
-    """The name under which ``model.generate`` takes a cache object (None: none known)."""
+CACHE_NAMES = ("cache", "past_key_values", "state", "mems", "past_buckets_states")
+"""Forward arguments (and output fields) that carry a model's cache, across architectures."""
+
+
+def cache_argument(model: nn.Module) -> str | None:
+    """The name under which the model's forward takes a cache (None: it takes none)."""
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return None
-    for name in ("cache", "past_key_values"):
-        if name in params:
-            return name
-    return None
+    return next((name for name in CACHE_NAMES if name in params), None)
+
+
+def output_cache(output: Any) -> Any:
+    """The cache a forward returned; None for models that keep none (``openai-gpt``) or keep
+    their state inside their own modules (``recurrent_gemma``)."""
+    return next((c for c in (getattr(output, n, None) for n in CACHE_NAMES) if c is not None), None)
+
+
+def repeat_cache_rows(cache: Any, index: Tensor) -> Any | None:
+    """A copy of `cache` holding its rows `index` (e.g. each row twice), or None.
+
+    Done by ``reorder_cache`` (the beam-search reorder every Transformers cache layer implements,
+    conv and SSM states included) on a deep copy, and only for Transformers' own `DynamicCache`
+    made of its own dynamic layer kinds (or `PreallocatedLayer`): a model's own cache class or
+    layer kind (``minimax``, ``deepseek_v4``) may keep state that a reorder misses. Callers
+    recompute the rows instead where this returns None.
+    """
+    if _DynamicLayer is None:
+        return None
+    from transformers import cache_utils
+
+    if type(cache) is not cache_utils.DynamicCache:
+        return None
+    for layer in cache.layers:
+        own = type(layer).__module__ == cache_utils.__name__
+        if not (own or isinstance(layer, PreallocatedLayer)) or isinstance(
+            layer, cache_utils.StaticLayer
+        ):
+            return None
+    copied = copy.deepcopy(cache)
+    copied.reorder_cache(index)
+    return copied
+
+
+def position_ids_from_mask(mask: Tensor) -> Tensor:
+    """Position ids from a 2D mask, as ``generate`` makes them (pads get 0)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+class ChunkForward:
+    """Forwards of a chunk of columns with the inputs ``generate`` would pass: position ids from
+    the left-padded mask, the mask itself only when a row is padded (``generate`` drops an
+    all-ones one: same kernels), logits of the last position only.
+
+    The first forward tells whether the model returns a cache; from then on a model that does
+    not (``openai-gpt``, ``recurrent_gemma``) is run without one, and callers feed it every
+    column each time (`cacheless`), which is said once in the log.
+    """
+
+    def __init__(self, model: nn.Module, padded: bool) -> None:
+        params = inspect.signature(model.forward).parameters
+        self.model = model
+        self.padded = padded
+        self.position_ids = "position_ids" in params
+        self.logits_to_keep = "logits_to_keep" in params
+        self.cache_name = cache_argument(model)
+        self.use_cache = "use_cache" in params
+        self.cacheless = self.cache_name is None
+
+    def __call__(self, ids: Tensor, mask: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        """Next-token logits (R, V) after `ids` (R, T), and the cache now holding them.
+
+        `mask` (R, past + T) covers every column so far; `cache` holds the past (or None).
+        """
+        kwargs: dict[str, Any] = {"input_ids": ids}
+        if self.use_cache:
+            kwargs["use_cache"] = not self.cacheless
+        if cache is not None:
+            kwargs[self.cache_name] = cache
+        if self.padded:
+            kwargs["attention_mask"] = mask
+        if self.position_ids:
+            kwargs["position_ids"] = position_ids_from_mask(mask)[:, -ids.shape[1] :]
+        if self.logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(**kwargs)
+        cache = None if self.cacheless else output_cache(out)
+        if cache is None and not self.cacheless:
+            self.cacheless = True
+            name = getattr(self.model.config, "model_type", type(self.model).__name__)
+            log.info("%s returns no cache: every step recomputes the whole sequence", name)
+        return out.logits[:, -1].float(), cache
 
 
 @torch.no_grad()
@@ -276,8 +383,8 @@ def generate(
 
     own_config = getattr(model, "generation_config", None)
     cache_kwargs = {}
-    name = _cache_argument(model)
-    if name is not None:
+    name = cache_argument(model)
+    if name in ("cache", "past_key_values"):  # a `Cache` object, not a model's own state
         cache = preallocated_cache(model, input_ids.shape[1] + settings.max_new_tokens)
         if cache is not None:
             cache_kwargs[name] = cache

@@ -25,6 +25,12 @@ def num_layers_from_config(model: nn.Module) -> int | None:
     return None
 
 
+def model_type(model: nn.Module) -> str:
+    """The model's ``config.model_type`` (``llama``, ``mamba``, ...), else its class name."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "model_type", None) or type(model).__name__)
+
+
 def _num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -23,7 +23,7 @@ from steerlight.cli import (
     link_run_arguments,
 )
 from steerlight.errors import SteerlightError
-from steerlight.io import read_yaml
+from steerlight.io import read_config
 from steerlight.search.objective import merge
 from steerlight.search.space import Space, nest
 from steerlight.search.study import DEFAULT_CONFIG, SEARCH_ONLY, SearchOptions, run_search
@@ -81,8 +81,32 @@ def _split(cli: SearchCLI, config_name: str) -> tuple[dict, Space, SearchOptions
         )
     space = Space.from_dict(spec, origin)
     run = {k: v for k, v in parsed.items() if k not in SEARCH_ONLY}
+    _check_space_values(cli, run, space, origin)
     name = options.study_name or Path(config_name).stem
     return run, space, options, name
+
+
+def _check_space_values(cli: SearchCLI, run: dict, space: Space, origin: str) -> None:
+    """Every value the space can give a trial is valid for `fit`, checked before the first
+    trial: a fixed value or choice the model does not take is one line now, not a FAIL later."""
+    from jsonargparse import ArgumentError
+
+    from steerlight.cli import _explain
+    from steerlight.module import SETTINGS_GROUPS
+
+    for name, value in space.values():
+        where = f"{origin}: {name}={value!r}"
+        try:
+            cli.parser.parse_object(merge(run, {"model": nest({name: value})}))
+        except ArgumentError as err:
+            raise SteerlightError(f"{where}: {_explain(str(err), cli.parser)}") from None
+        group, _, field = name.partition(".")
+        if field and group in SETTINGS_GROUPS:
+            settings = {**(run.get("model", {}).get(group) or {}), field: value}
+            try:
+                SETTINGS_GROUPS[group](**settings)
+            except (TypeError, ValueError) as err:
+                raise SteerlightError(f"{where}: {err}") from None
 
 
 def _option_fields(parsed: Mapping[str, Any]):
@@ -90,10 +114,7 @@ def _option_fields(parsed: Mapping[str, Any]):
 
 
 def _mapping(path: str | Path) -> dict:
-    data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise SteerlightError(f"{path} must hold a YAML mapping (keys and values)")
-    return data
+    return read_config(path)
 
 
 def parse_search(

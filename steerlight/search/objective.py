@@ -121,6 +121,7 @@ class Search:
                 cli.trainer.fit(cli.model, cli.datamodule)
             finally:
                 trial.set_user_attr("generated_tokens", cli.model.generated_tokens)
+            self._check_comparable(trial, cli)
             value = float(cli.trainer.callback_metrics["val/acc"])
             ckpt = cli.trainer.checkpoint_callback.last_model_path
             trial.set_user_attr("checkpoint", ckpt)
@@ -130,9 +131,39 @@ class Search:
             return value
         except optuna.TrialPruned:
             raise
+        except (KeyboardInterrupt, SystemExit):
+            # Lightning turns Ctrl-C inside `fit` into SystemExit, which Optuna does not catch
+            # (the trial would stay RUNNING forever); as KeyboardInterrupt it ends as FAIL.
+            trial.set_user_attr("error", "interrupted")
+            raise KeyboardInterrupt from None
         except Exception as err:
             trial.set_user_attr("error", f"{type(err).__name__}: {err}")
             raise
+
+    def _check_comparable(self, trial, cli) -> None:
+        """The val questions and the model weights are the study's: values compare only then.
+
+        The first trial records their fingerprints in the study; a trial that sees others
+        (a retrained model folder, another data copy) fails and stops this worker.
+        """
+        from steerlight.errors import SteerlightError
+
+        seen = {
+            "val_data": cli.datamodule.fingerprints.get("val"),
+            "weights": cli.model.fingerprint,
+        }
+        recorded = trial.study.user_attrs.get("fingerprints")
+        if recorded is None:
+            trial.study.set_user_attr("fingerprints", seen)
+            return
+        changed = [k for k in seen if recorded.get(k) != seen[k]]
+        if changed:
+            trial.study.stop()
+            raise SteerlightError(
+                f"this run's {' and '.join(changed)} differ from the study's "
+                f"({', '.join(f'{k} {recorded.get(k)} -> {seen[k]}' for k in changed)}): its "
+                "values would not compare; use another --study_name"
+            )
 
 
 def _finished_twin(trial, poll_s: float = TWIN_POLL_S):

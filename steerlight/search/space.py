@@ -11,18 +11,14 @@ from typing import Any
 
 from steerlight.errors import SteerlightError
 
-GROUPS = ("generation", "dac")
-"""`SteeredLM` arguments that are settings groups: searched as `group.field`."""
-
 
 def searchable_names() -> set[str]:
     """Every name a space may use: `SteeredLM` arguments and `group.field` of its groups."""
-    from steerlight.module import SteeredLM
+    from steerlight.module import SETTINGS_GROUPS, SteeredLM
 
-    params = inspect.signature(SteeredLM.__init__).parameters
-    names = set(params) - {"self", *GROUPS}
-    for group in GROUPS:
-        names |= {f"{group}.{f.name}" for f in dataclasses.fields(params[group].default)}
+    names = set(inspect.signature(SteeredLM.__init__).parameters) - {"self", *SETTINGS_GROUPS}
+    for group, cls in SETTINGS_GROUPS.items():
+        names |= {f"{group}.{f.name}" for f in dataclasses.fields(cls)}
     return names
 
 
@@ -83,6 +79,19 @@ class Space:
         for method in self.when:
             if methods is not None and method not in _as_list(methods):
                 raise SteerlightError(f"{origin}: when.{method} names a method not searched")
+
+    def values(self) -> list[tuple[str, Any]]:
+        """Every (name, value) a trial can receive: fixed values, choices and range ends."""
+        out = []
+        for params in (self.params, *self.when.values()):
+            for name, spec in params.items():
+                if isinstance(spec, list):
+                    out += [(name, v) for v in spec]
+                elif isinstance(spec, Mapping) and "probe_top_k" not in spec:
+                    out += [(name, spec["low"]), (name, spec["high"])]
+                elif not isinstance(spec, Mapping):
+                    out.append((name, spec))
+        return out
 
     @property
     def needs_probes(self) -> bool:

@@ -25,6 +25,7 @@ from steerlight.search.space import Space
 from steerlight.search.workers import (
     StudyLock,
     TrialGate,
+    fail_orphaned_trials,
     open_storage,
     register_worker,
 )
@@ -198,6 +199,10 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
                 if space.needs_probes:
                     search.probe_auc = search.fit_probes()
                 space.check_study(study, search.probe_auc)
+                with lock:
+                    check_comparable(study, comparable_settings(config, options))
+                    for number in fail_orphaned_trials(study):
+                        log.info(f"[{name}] trial {number}: its worker is gone, marked FAIL")
                 index, seed = register_worker(study, lock, options.seed)
                 study.sampler = make_sampler(options, seed)
                 with lock:  # one baseline, however many workers start on an empty study
@@ -209,7 +214,8 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
                 search.gate = TrialGate(lock, options.max_trials)
                 if search.gate.admit(study):
                     n_trials = options.n_trials or (None if options.max_trials else 50)
-                    study.optimize(
+                    _optimize(
+                        study,
                         search,
                         n_trials=n_trials,
                         timeout=options.timeout,
@@ -223,12 +229,70 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
                         ],
                         gc_after_trial=True,
                     )
+        except KeyboardInterrupt:
+            write_artefacts(study, folder)
+            log.info(
+                f"[{name}] interrupted: the running trial is FAIL ('interrupted'); the same "
+                "command resumes the study"
+            )
+            raise
         finally:
             lock.close()
         log_figures(study, folder)
         write_artefacts(study, folder)
     _print_summary(study, folder, time.monotonic() - start)
     return study
+
+
+def _optimize(study, objective, **kwargs) -> None:
+    """`study.optimize`, with a study file that cannot be written said in one line."""
+    try:
+        study.optimize(objective, **kwargs)
+    except Exception as err:
+        if "readonly database" in str(err) or "read-only" in str(err):
+            raise SteerlightError(
+                f"study {study.study_name!r}: its database is read-only ({one_line(str(err))[:200]}"
+                "); make the study file writable or pass another --root / --storage"
+            ) from None
+        raise
+
+
+COMPARABLE_DATA = (
+    "source", "config_name", "preset", "n_shots", "exemplars_file", "val_size", "split_seed",
+    "limit_val", "max_prompt_tokens", "synthetic_train_size", "synthetic_test_size",
+)  # fmt: skip
+COMPARABLE_MODEL = ("model_name_or_path", "revision", "dtype", "trust_remote_code", "generation")
+
+
+def comparable_settings(config: dict, options: SearchOptions) -> dict[str, Any]:
+    """What the study's values are measured over: the val questions, the model, the rounds."""
+    data, model = config.get("data", {}), config.get("model", {})
+    return {
+        **{f"data.{k}": data.get(k) for k in COMPARABLE_DATA},
+        **{f"model.{k}": model.get(k) for k in COMPARABLE_MODEL},
+        "rounds": options.rounds,
+    }
+
+
+def check_comparable(study, settings: dict[str, Any]) -> None:
+    """Record the settings in a new study; refuse a resume whose values would not compare."""
+    import json
+
+    settings = json.loads(json.dumps(settings, default=str))  # as the storage returns them
+    recorded = study.user_attrs.get("comparable")
+    if recorded is None:
+        study.set_user_attr("comparable", settings)
+        return
+    changed = [
+        k for k in sorted(set(recorded) | set(settings)) if recorded.get(k) != settings.get(k)
+    ]
+    if changed:
+        what = "; ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+        raise SteerlightError(
+            f"study {study.study_name!r} was scored with other settings ({what}): its values "
+            "would not compare with this run's; use the study's settings again, or another "
+            "--study_name"
+        )
 
 
 def _print_summary(study, folder: StudyFolder, seconds: float) -> None:

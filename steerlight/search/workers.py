@@ -233,6 +233,43 @@ def counted_trials(study) -> int:
     return sum(t.number not in replaced for t in trials)
 
 
+def fail_orphaned_trials(study) -> list[int]:
+    """FAIL (and retry, as for a stale heartbeat) the RUNNING trials of workers on this
+    machine whose process is gone.
+
+    A killed worker's trial is RUNNING until its heartbeat goes stale (two heartbeat
+    intervals); a rerun on the same machine sees at once that the process is gone, so its
+    trial ends as FAIL ("interrupted") instead of waiting, on every storage.
+    """
+    import optuna
+
+    host = socket.gethostname()
+    orphans = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = str(trial.user_attrs.get("worker", ""))
+        name, _, pid = owner.rpartition(":")
+        if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            storage = study._storage  # Optuna's public Study API cannot touch another's trial
+            storage.set_trial_user_attr(
+                trial._trial_id, "error", f"interrupted: its worker (pid {pid}) is gone"
+            )
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            retry = next(iter(_retry_callback().values()))
+            retry(study, study._storage.get_trial(trial._trial_id))  # a WAITING copy
+            orphans.append(trial.number)
+    return orphans
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 def fail_stale_trials(study) -> None:
     """Optuna's own check: RUNNING trials whose worker stopped sending heartbeats become FAIL
     and, through the storage's retry callback, a WAITING copy with the same parameters."""

@@ -42,11 +42,19 @@ the total work is O(T), as for plain cached generation.
 
 Prefill. The prompt columns before the last one are never steered (positions
 ``"generated"`` / ``"prompt_end+generated"``), so all three streams share them: one B-row
-forward over ``prompt[:, :-1]`` builds a cache that is copied for the applied stream and
-repeated (``batch_repeat_interleave(2)``) for the ``pq`` streams; step 0 then feeds the last
-prompt column like any other token. With ``positions="all"`` every prompt column is steered, so
-the ``pq`` streams prefill the whole prompt (2B rows) and the applied stream prefills it at
-``alpha_0`` once that is known.
+forward over ``prompt[:, :-1]`` builds a cache that the applied stream continues and the ``pq``
+streams get each row of twice; step 0 then feeds the last prompt column like any other token.
+With ``positions="all"`` every prompt column is steered, so the ``pq`` streams prefill the whole
+prompt (2B rows) and the applied stream prefills it at ``alpha_0`` once that is known.
+
+Caches. No cache type's own methods are relied on: every stream keeps its columns (ids, mask,
+strength and vector step of each), so it can always recompute them. The rows are doubled by
+``reorder_cache`` on a deep copy where the cache is Transformers' own `DynamicCache` of its own
+layer kinds (attention, sliding-window, state-space and hybrid layers alike,
+`steerlight.model.generation.repeat_cache_rows`); with any other cache the ``pq`` streams
+recompute the shared prefix in their first forward. A model that returns no cache
+(``openai-gpt``; ``recurrent_gemma`` keeps its state in its own modules) is run without one:
+every forward recomputes the whole sequence (O(T^2), said once in the log).
 
 Exactness. Each cached forward computes the same function as the naive full forward at its
 last position: the cached keys/values of every column were computed with the same steering
@@ -62,8 +70,6 @@ prompt, read position by position along a continuation (`steerlight.steering.icl
 
 from __future__ import annotations
 
-import copy
-import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,13 +82,16 @@ from transformers import PreTrainedTokenizerBase
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from steerlight.model.generation import (
+    ChunkForward,
     Generation,
     GenerationSettings,
     check_left_padded,
     cut_at_stop,
+    repeat_cache_rows,
+    stop_on_strings,
     stop_token_ids,
 )
-from steerlight.steering.hooks import POSITIONS, Positions, steer
+from steerlight.steering.hooks import POSITIONS, Positions, Steering, steer
 
 DACVectors = Literal["caa", "icl"]
 
@@ -247,31 +256,46 @@ class DACGeneration(Generation):
         }
 
 
-def _position_ids(mask: Tensor) -> Tensor:
-    """Position ids from a 2D mask, as ``generate`` makes them (pads get 0)."""
-    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+class _Stream:
+    """Rows fed the same way at every step (the applied rows, or the p/q rows), with every
+    column they hold: ids, mask, strength and vector step. The cache, where the model keeps
+    one, holds the first `cached` columns; the next forward feeds the rest."""
 
+    def __init__(
+        self, forward: ChunkForward, steering: Steering, table: Tensor, ids: Tensor, mask: Tensor
+    ) -> None:
+        self.forward, self.steering, self.table = forward, steering, table
+        self.ids, self.mask = ids, mask
+        self.alphas = torch.zeros(ids.shape, device=ids.device)
+        self.steps = ids.new_zeros(ids.shape[1])
+        self.cache: Any = None
+        self.cached = 0
 
-class _Forward:
-    """One cached forward of a chunk of tokens, with the inputs ``generate`` would pass."""
+    def feed(self, ids: Tensor, mask: Tensor, alpha: Tensor, step: int) -> Tensor:
+        """Append the chunk `ids` (R, T) steered at `alpha` (R,) with step `step`'s vector;
+        the next-token logits (R, V)."""
+        t = ids.shape[1]
+        self.ids = torch.cat([self.ids, ids], dim=1)
+        self.mask = torch.cat([self.mask, mask], dim=1)
+        self.alphas = torch.cat([self.alphas, alpha[:, None].expand(-1, t)], dim=1)
+        self.steps = torch.cat([self.steps, self.steps.new_full((t,), step)])
+        start = 0 if self.forward.cacheless else self.cached
+        self.steering.alpha = self.alphas[:, start:]  # each column keeps its step's steering
+        self.steering.vector = self.table[self.steps[start:].clamp(max=len(self.table) - 1)]
+        logits, self.cache = self.forward(self.ids[:, start:], self.mask, self.cache)
+        self.cached = self.ids.shape[1] if self.cache is not None else 0
+        return logits
 
-    def __init__(self, model: nn.Module, padded: bool) -> None:
-        params = inspect.signature(model.forward).parameters
-        self.model = model
-        self.padded = padded  # generate drops an all-ones mask; so do we (same kernels)
-        self.position_ids = "position_ids" in params
-        self.logits_to_keep = "logits_to_keep" in params
-
-    def __call__(self, ids: Tensor, mask: Tensor, cache: Any) -> tuple[Tensor, Any]:
-        kwargs: dict[str, Any] = {"input_ids": ids, "cache": cache, "use_cache": True}
-        if self.padded:
-            kwargs["attention_mask"] = mask
-        if self.position_ids:
-            kwargs["position_ids"] = _position_ids(mask)[:, -ids.shape[1] :]
-        if self.logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        out = self.model(**kwargs)
-        return out.logits[:, -1].float(), out.cache
+    def repeated(self, times: int) -> _Stream:
+        """A stream holding each row `times` times, in order (row 0, row 0, row 1, ...)."""
+        rows = torch.arange(self.ids.shape[0], device=self.ids.device).repeat_interleave(times)
+        twin = _Stream(self.forward, self.steering, self.table, self.ids[rows], self.mask[rows])
+        twin.alphas, twin.steps = self.alphas[rows], self.steps
+        cache = None if self.cache is None else repeat_cache_rows(self.cache, rows)
+        if cache is not None:  # else its first forward recomputes every column it holds
+            twin.cache, twin.cached = cache, self.cached
+            self.steering.track(cache, self.cached)
+        return twin
 
 
 def _vector_table(vector: Tensor | None, step_vectors: Tensor | None) -> Tensor:
@@ -333,7 +357,6 @@ def dac_generate(
     eos_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
-    forward = _Forward(model, padded=not bool(attention_mask.all()))
     warpers: list[Any] = []
     generator = None
     if settings.do_sample:
@@ -344,8 +367,6 @@ def dac_generate(
         generator = torch.Generator(device=device).manual_seed(settings.seed)
 
     pq_alpha = torch.tensor([0.0, float(alpha_max)], device=device).repeat(batch)
-    mask = attention_mask
-    mask_pq = attention_mask.repeat_interleave(2, dim=0)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     tokens: list[Tensor] = []
     alphas: list[Tensor] = []
@@ -353,26 +374,23 @@ def dac_generate(
     rows: list[list[int]] = [[] for _ in range(batch)]
 
     with steer(model, layer, vectors[0], 0.0, positions, prompt_len=prompt_len) as steering:
-        shared_prefix = positions != "all" and prompt_len > 1
-        if shared_prefix:  # unsteered columns: one B-row pass, shared by the three streams
-            _, cache_pq = forward(input_ids[:, :-1], mask[:, :-1], None)
-            cache_a = copy.deepcopy(cache_pq)
-            cache_pq.batch_repeat_interleave(2)
-            fed = input_ids[:, -1:]
-        else:
-            cache_pq = cache_a = None
-            fed = input_ids
+        forward = ChunkForward(model, padded=not bool(attention_mask.all()))
+        applied = _Stream(forward, steering, vectors, input_ids[:, :0], attention_mask[:, :0])
+        fed, fed_mask = input_ids, attention_mask
+        if positions != "all" and prompt_len > 1:  # unsteered columns: shared by the streams
+            applied.feed(input_ids[:, :-1], attention_mask[:, :-1], unfinished.new_zeros(batch), 0)
+            fed, fed_mask = input_ids[:, -1:], attention_mask[:, -1:]
+        pq = applied.repeated(2)
 
         for t in range(settings.max_new_tokens):
-            steering.vector = vectors[min(t, vectors.shape[0] - 1)]
-            steering.alpha = pq_alpha
-            logits_pq, cache_pq = forward(fed.repeat_interleave(2, dim=0), mask_pq, cache_pq)
+            logits_pq = pq.feed(
+                fed.repeat_interleave(2, dim=0), fed_mask.repeat_interleave(2, dim=0), pq_alpha, t
+            )
             p_logits, q_logits = logits_pq.view(batch, 2, -1).unbind(1)
             kl = dac_kl(p_logits, q_logits, top_p, batchmean)
             alpha = clip_alpha(kl, alpha_max)
 
-            steering.alpha = alpha
-            logits, cache_a = forward(fed, mask, cache_a)
+            logits = applied.feed(fed, fed_mask, alpha, t)
             for warp in warpers:
                 logits = warp(None, logits)
             if generator is not None:
@@ -388,13 +406,10 @@ def dac_generate(
             tokens.append(nxt)
             unfinished &= ~torch.isin(nxt, eos)
             if stop_strings:
-                _stop_on_strings(tokenizer, nxt, rows, unfinished, stop_strings)
+                stop_on_strings(tokenizer, nxt, rows, unfinished, stop_strings)
             if not bool(unfinished.any()):
                 break
-
-            fed = nxt[:, None]
-            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            mask_pq = torch.cat([mask_pq, mask_pq.new_ones(2 * batch, 1)], dim=1)
+            fed, fed_mask = nxt[:, None], fed_mask.new_ones(batch, 1)
 
     out = torch.stack(tokens, dim=1)
     texts = tokenizer.batch_decode(out, skip_special_tokens=True)
@@ -406,20 +421,3 @@ def dac_generate(
         alphas=torch.stack(alphas, dim=1).cpu(),
         kls=torch.stack(kls, dim=1).cpu(),
     )
-
-
-def _stop_on_strings(
-    tokenizer: PreTrainedTokenizerBase,
-    nxt: Tensor,
-    rows: list[list[int]],
-    unfinished: Tensor,
-    stop_strings: Sequence[str],
-) -> None:
-    """Mark rows whose text now contains a stop string as finished (in place)."""
-    live = unfinished.tolist()
-    for i, tok in enumerate(nxt.tolist()):
-        rows[i].append(tok)
-        if live[i]:
-            text = tokenizer.decode(rows[i], skip_special_tokens=True)
-            if any(s and s in text for s in stop_strings):
-                unfinished[i] = False

@@ -1,8 +1,7 @@
 """Activation-steering hooks: add `alpha * v` to the residual stream after one decoder layer.
 
 Which token positions are steered is decided from ABSOLUTE columns of the (left-padded)
-sequence, so the same rule holds on the full prompt pass and on every single-token KV-cache
-step:
+sequence, so the same rule holds on the full prompt pass and on every single-token cache step:
 
 - ``"generated"``: columns ``>= prompt_len`` (the generated tokens only),
 - ``"prompt_end+generated"``: columns ``>= prompt_len - 1`` (last prompt token + generated),
@@ -10,43 +9,51 @@ step:
 
 Pad positions (attention mask 0) are never steered.
 
-How the columns are found: a forward PRE-hook on the model handed to `steer` reads the 2D
-``attention_mask`` (B, past + T) and the length T of the current chunk (``input_ids`` or
-``inputs_embeds``); the chunk covers columns ``[mask_len - T, mask_len)``. This holds for
-``model.generate`` (which appends a column of ones to the 2D mask at every step and passes it to
-each forward, also for chunked prefill) and for hand-written loops that do the same. When no 2D
-mask is passed (``generate`` drops an all-ones mask; compileable caches turn it into a 4D one),
-there is no padding to respect and the chunk starts at the cache's length
-(``cache.get_seq_length()``, 0 without a cache).
+How the columns are found: a forward PRE-hook on the model handed to `steer` reads the length T
+of the current chunk (``input_ids`` or ``inputs_embeds``) and
 
-The layer's forward hook then adds ``alpha[:, None, None] * v * position_mask`` to the layer's
-output hidden states (a tensor, or element 0 of a tuple). It is registered with
-``prepend=True`` so Transformers' own output-capturing hooks (``output_hidden_states``) record
-the steered hidden states.
+1. with a 2D ``attention_mask`` (B, past + T): the chunk covers ``[mask_len - T, mask_len)``.
+   ``model.generate`` appends a column of ones at every step (also for chunked prefill);
+2. without one (``generate`` drops an all-ones mask, Mamba drops it on every decode step,
+   compileable caches turn it into a 4D one): the columns are COUNTED. After every forward the
+   post-hook records ``start + T`` for the cache object passed in and the one returned, so the
+   next forward on that cache starts there, whatever the cache holds (attention keys, a
+   state-space state, a model's own layers). A forward without a cache starts at column 0 (a
+   full pass: models without a KV cache recompute the whole sequence at every step). A cache
+   never seen in this block (the one ``generate`` builds before its first forward, one filled
+   outside) starts at the length it reports, or at 0 when it reports none and holds no state
+   yet (a fresh state-space cache); otherwise the forward stops with an error.
+
+The layer's forward hook then adds ``alpha * v * position_mask`` to the layer's output hidden
+states (a tensor, or element 0 of a tuple), which must be (batch, T, hidden): a layout with more
+positions or several residual streams stops with an error naming the model type. It is
+registered with ``prepend=True`` so Transformers' own output-capturing hooks
+(``output_hidden_states``) record the steered hidden states.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from steerlight.model.layers import decoder_layers, resolve_layer
+from steerlight.errors import SteerlightError
+from steerlight.model.generation import CACHE_NAMES, output_cache
+from steerlight.model.layers import decoder_layers, model_type, resolve_layer
 
 Positions = Literal["generated", "prompt_end+generated", "all"]
 """Which token positions are steered (see the module docstring)."""
 
 POSITIONS: tuple[str, ...] = get_args(Positions)
 
-_CACHE_NAMES = ("cache", "past_key_values")
-
 
 def _as_alpha(alpha: float | Tensor) -> Tensor:
-    """A 1-D strength tensor: shape (1,) for a scalar (broadcast over the batch) or (B,)."""
+    """A strength tensor: (1,) for a scalar (broadcast over the batch), (B,) or (B, T)."""
     if isinstance(alpha, Tensor):
         a = alpha.detach()
         if not a.is_floating_point():
@@ -55,24 +62,75 @@ def _as_alpha(alpha: float | Tensor) -> Tensor:
         a = torch.tensor(float(alpha), dtype=torch.float32)
     if a.ndim == 0:
         a = a.reshape(1)
-    if a.ndim != 1:
+    if a.ndim not in (1, 2):
         raise ValueError(
-            "alpha must be a float or a 1-D tensor of per-row strengths, "
-            f"got shape {tuple(a.shape)}"
+            "alpha must be a float, a 1-D tensor of per-row strengths or a (rows, tokens) tensor "
+            f"of per-column strengths, got shape {tuple(a.shape)}"
         )
     return a
 
 
-def _cache_length(cache: Any) -> int:
-    """Tokens already held by a KV cache (0 without one)."""
-    if cache is None:
+def _as_vector(vector: Tensor) -> Tensor:
+    """A (hidden,) vector, or (T, hidden) vectors, one per column of the chunk in flight."""
+    if not isinstance(vector, Tensor) or vector.ndim not in (1, 2):
+        shape = tuple(vector.shape) if isinstance(vector, Tensor) else type(vector).__name__
+        raise ValueError(f"the steering vector must be a 1-D tensor (hidden_size,), got {shape}")
+    return vector.detach()
+
+
+def _reported_length(cache: Any) -> int:
+    """Columns held by a cache this context has not seen: its own count, 0 when it holds none.
+
+    Raises where it cannot tell (a state-space cache that already holds a state).
+    """
+    if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], (tuple, list)):
+        return int(cache[0][0].shape[-2])  # legacy tuples of (key, value)
+    try:
+        return int(cache.get_seq_length())
+    except (AttributeError, TypeError, ValueError):  # no count: only linear-attention layers
+        pass
+    has_previous_state = getattr(cache, "has_previous_state", None)
+    try:
+        holds_state = bool(has_previous_state()) if callable(has_previous_state) else True
+    except (TypeError, ValueError):
+        holds_state = True
+    if not holds_state:
         return 0
-    get_seq_length = getattr(cache, "get_seq_length", None)
-    if callable(get_seq_length):
-        return int(get_seq_length())
-    if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:  # legacy tuples
-        return int(cache[0][0].shape[-2])
-    return 0
+    raise RuntimeError(
+        f"cannot tell which columns this forward covers: its {type(cache).__name__} was filled "
+        "outside the steer() block and reports no length; fill it inside the block or pass the "
+        "2D attention_mask"
+    )
+
+
+class _ColumnCounter:
+    """Columns fed so far into each cache object seen inside one `steer` block.
+
+    Held weakly where the object allows it (a finished generation's cache is not kept alive);
+    at most `KEEP` entries, the most recent first (DAC uses two caches at a time).
+    """
+
+    KEEP = 8
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[Callable[[], Any], int]] = []
+
+    def get(self, cache: Any) -> int | None:
+        for ref, columns in self._entries:
+            if ref() is cache:
+                return columns
+        return None
+
+    def set(self, cache: Any, columns: int) -> None:
+        try:
+            ref: Callable[[], Any] = weakref.ref(cache)
+        except TypeError:  # tuples and lists cannot be weakly referenced
+            ref = lambda: cache  # noqa: E731
+        alive = [(r, c) for r, c in self._entries if r() is not None and r() is not cache]
+        self._entries = [(ref, columns), *alive][: self.KEEP]
+
+    def clear(self) -> None:
+        self._entries = []
 
 
 class _ArgReader:
@@ -97,13 +155,24 @@ class _ArgReader:
             return args[i]
         return None
 
+    def first(self, names: tuple[str, ...], args: tuple, kwargs: dict) -> Any:
+        """The first of `names` that was passed and is not None."""
+        for name in names:
+            value = self.get(name, args, kwargs)
+            if value is not None:
+                return value
+        return None
+
 
 class Steering:
     """Steering state shared by the hooks of one `steer` context.
 
-    ``alpha`` is mutable: assign a float or a (B,) tensor between forward passes (e.g. in a
-    hand-written decoding loop) and the next forward uses it. In-place edits of the alpha
-    tensor are seen too.
+    ``alpha`` and ``vector`` are mutable: assign them between forward passes (e.g. in a
+    hand-written decoding loop) and the next forward uses them. ``alpha`` is a float, a (B,)
+    tensor of per-row strengths, or a (B, T) tensor giving each column of the next chunk its own
+    strength; ``vector`` is (hidden,) or (T, hidden), one vector per column of the next chunk
+    (how DAC recomputes a sequence whose columns were steered at different steps). In-place
+    edits of the alpha tensor are seen too.
     """
 
     def __init__(
@@ -113,6 +182,7 @@ class Steering:
         alpha: float | Tensor,
         positions: Positions = "prompt_end+generated",
         prompt_len: int | None = None,
+        model_type: str = "model",
     ) -> None:
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
@@ -129,22 +199,35 @@ class Steering:
                 f"the steering vector must be a 1-D tensor (hidden_size,), got {shape}"
             )
         self.layer = layer
-        self.vector = vector.detach()
+        self.vector = vector
         self.positions: Positions = positions
         self.prompt_len = prompt_len
+        self.model_type = model_type
         self.alpha = alpha  # type: ignore[assignment]  (the setter normalises it)
-        # Set by the model pre-hook for the forward in flight: (first column, T, valid mask or None)
+        self._columns = _ColumnCounter()
+        # Set by the model pre-hook for the forward in flight: (first column, T, valid mask or
+        # None) and the cache passed in (recorded with the columns it holds by the post-hook)
         self._chunk: tuple[int, int, Tensor | None] | None = None
+        self._cache_in: Any = None
 
-    # ---- strength -------------------------------------------------------------------------
+    # ---- strength and vector --------------------------------------------------------------
     @property
     def alpha(self) -> Tensor:
-        """Per-row strengths, shape (B,), or (1,) broadcast over the batch."""
+        """Strengths: (1,) broadcast over the batch, (B,) per row or (B, T) per column."""
         return self._alpha
 
     @alpha.setter
     def alpha(self, value: float | Tensor) -> None:
         self._alpha = _as_alpha(value)
+
+    @property
+    def vector(self) -> Tensor:
+        """The steering vector (hidden,), or (T, hidden) for the columns of the next chunk."""
+        return self._vector
+
+    @vector.setter
+    def vector(self, value: Tensor) -> None:
+        self._vector = _as_vector(value)
 
     @property
     def first_column(self) -> int:
@@ -153,6 +236,14 @@ class Steering:
             return 0
         assert self.prompt_len is not None
         return self.prompt_len - (1 if self.positions == "prompt_end+generated" else 0)
+
+    def track(self, cache: Any, columns: int) -> None:
+        """Declare that `cache` holds the first `columns` columns of the sequence.
+
+        For a cache made outside the model's forward (e.g. a copy of one), so that forwards
+        on it without a 2D attention mask know where they start.
+        """
+        self._columns.set(cache, int(columns))
 
     def _alpha_is_zero(self) -> bool:
         """True when every strength is 0; only asked of CPU alphas, so it never syncs a device."""
@@ -164,9 +255,8 @@ class Steering:
         reader = _ArgReader(model.forward)
 
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = reader.get("input_ids", args, kwargs)
-            if x is None:
-                x = reader.get("inputs_embeds", args, kwargs)
+            x = reader.first(("input_ids", "inputs_embeds"), args, kwargs)
+            self._cache_in = cache = reader.first(CACHE_NAMES, args, kwargs)
             if x is None:
                 self._chunk = None
                 return
@@ -178,21 +268,37 @@ class Steering:
                     raise ValueError(
                         f"attention_mask covers {end} columns but the input has {t} tokens"
                     )
-                valid = mask[:, end - t :]
-            else:
-                cache = None
-                for name in _CACHE_NAMES:
-                    cache = reader.get(name, args, kwargs)
-                    if cache is not None:
-                        break
-                end = _cache_length(cache) + t
-                valid = None
-            self._chunk = (end - t, t, valid)
+                self._chunk = (end - t, t, mask[:, end - t :])
+                return
+            start = 0 if cache is None else self._columns.get(cache)
+            if start is None:
+                start = _reported_length(cache)
+            self._chunk = (start, t, None)
 
         return pre_hook
 
     def _model_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._chunk = None
+        chunk, cache_in = self._chunk, self._cache_in
+        self._chunk = self._cache_in = None
+        if chunk is None or output is None:  # the forward raised (the hook always runs)
+            return
+        end = chunk[0] + chunk[1]
+        for cache in (cache_in, output_cache(output)):
+            if cache is not None:
+                self._columns.set(cache, end)
+
+    def _layout_error(self, shape: tuple[int, ...], t: int) -> SteerlightError:
+        """The one-line error for a layer output that is not (batch, tokens, hidden)."""
+        if len(shape) == 4:
+            why = f"its decoder layers keep {shape[2]} parallel residual streams"
+        elif len(shape) == 3 and shape[1] > t:
+            why = f"its decoder layers see {shape[1] - t} positions of the model's own per forward"
+        else:
+            why = "its decoder layers do not return one hidden state per input token"
+        return SteerlightError(
+            f"cannot steer {self.model_type}: {why} (layer {self.layer} returned "
+            f"{tuple(shape)} for {t} input tokens; steering needs (batch, {t}, hidden))"
+        )
 
     def _layer_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if isinstance(output, Tensor):
@@ -200,9 +306,10 @@ class Steering:
         elif isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
             h = output[0]
         else:
-            raise TypeError(
-                f"decoder layer {self.layer} returned {type(output).__name__}; expected a tensor "
-                "or a tuple whose first element is the hidden states"
+            raise SteerlightError(
+                f"cannot steer {self.model_type}: decoder layer {self.layer} returned "
+                f"{type(output).__name__}; expected a tensor or a tuple whose first element is "
+                "the hidden states"
             )
         chunk = self._chunk
         if chunk is None:
@@ -212,34 +319,43 @@ class Steering:
             )
         start, t, valid = chunk
         if h.ndim != 3 or h.shape[1] != t:
-            raise RuntimeError(
-                f"layer {self.layer} output has shape {tuple(h.shape)}, "
-                f"expected (batch, {t}, hidden)"
-            )
+            raise self._layout_error(tuple(h.shape), t)
         first = self.first_column
         if start + t <= first or self._alpha_is_zero():
             return None  # nothing steered in this chunk: leave the output untouched (bit-exact)
-
-        v = self.vector.to(h)  # no-ops once the dtype and device match
-        if v.shape[0] != h.shape[-1]:
-            raise ValueError(
-                f"steering vector has size {v.shape[0]} but layer {self.layer}'s hidden size "
-                f"is {h.shape[-1]}"
-            )
-        a = self._alpha.to(h)
-        if a.shape[0] not in (1, h.shape[0]):
-            raise ValueError(f"alpha has {a.shape[0]} strengths for a batch of {h.shape[0]} rows")
-        scale = a[:, None]  # (B | 1, 1)
-        if start < first:  # the chunk straddles the first steered column (a prompt pass)
-            cols = torch.arange(start, start + t, device=h.device) >= first
-            scale = scale * cols.to(h.dtype)  # (B | 1, T)
-        if valid is not None:
-            scale = scale * valid.to(device=h.device, dtype=h.dtype)  # pads are never steered
-        steered = torch.addcmul(h, scale.unsqueeze(-1), v)
+        steered = torch.addcmul(h, self._scale(h, start, t, valid), self._vector_for(h, t))
         if isinstance(output, Tensor):
             return steered
         rest = list(output[1:])
         return [steered, *rest] if isinstance(output, list) else (steered, *rest)
+
+    def _vector_for(self, h: Tensor, t: int) -> Tensor:
+        """The vector(s) cast to `h`: (hidden,) or (T, hidden)."""
+        v = self._vector.to(h)  # no-ops once the dtype and device match
+        if v.shape[-1] != h.shape[-1]:
+            raise ValueError(
+                f"steering vector has size {v.shape[-1]} but layer {self.layer}'s hidden size "
+                f"is {h.shape[-1]}"
+            )
+        if v.ndim == 2 and v.shape[0] != t:
+            raise ValueError(f"{v.shape[0]} per-column steering vectors for a chunk of {t} tokens")
+        return v
+
+    def _scale(self, h: Tensor, start: int, t: int, valid: Tensor | None) -> Tensor:
+        """(B | 1, T | 1, 1): strength x steered column x non-pad, per row and column."""
+        a = self._alpha.to(h)
+        if a.shape[0] not in (1, h.shape[0]):
+            raise ValueError(f"alpha has {a.shape[0]} strengths for a batch of {h.shape[0]} rows")
+        if a.ndim == 2 and a.shape[1] != t:
+            raise ValueError(f"alpha has {a.shape[1]} column strengths for a chunk of {t} tokens")
+        scale = a if a.ndim == 2 else a[:, None]  # (B | 1, T | 1)
+        first = self.first_column
+        if start < first:  # the chunk straddles the first steered column (a prompt pass)
+            cols = torch.arange(start, start + t, device=h.device) >= first
+            scale = scale * cols.to(h.dtype)
+        if valid is not None:
+            scale = scale * valid.to(device=h.device, dtype=h.dtype)  # pads are never steered
+        return scale.unsqueeze(-1)
 
 
 @contextmanager
@@ -266,7 +382,7 @@ def steer(
     Yields the `Steering` object; hooks are removed on exit, also when an exception is raised.
     """
     index = resolve_layer(model, layer)
-    steering = Steering(index, vector, alpha, positions, prompt_len)
+    steering = Steering(index, vector, alpha, positions, prompt_len, model_type(model))
     block = decoder_layers(model)[index]
     handles = []
     try:
@@ -278,4 +394,5 @@ def steer(
     finally:
         for handle in handles:
             handle.remove()
-        steering._chunk = None
+        steering._chunk = steering._cache_in = None
+        steering._columns.clear()

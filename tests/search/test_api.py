@@ -22,6 +22,8 @@ def test_search_and_verdict_from_python(tiny_model, tmp_path, monkeypatch, capsy
     config["search"] = {"layer": [2], "alpha": {"low": -2.0, "high": 2.0}}
     optuna.logging.set_verbosity(optuna.logging.INFO)
     root = tmp_path / "runs"
+    # as in a fresh notebook: no command line in this process has shown steerlight's log
+    monkeypatch.setattr(logging.getLogger("steerlight"), "handlers", [])
 
     study = steerlight.search.search(
         config,
