@@ -317,7 +317,8 @@ DESCRIPTION = (
     "vectors and probes on train, scored on val; validate / test / predict: a fitted "
     "configuration (`test --ckpt best` gives the verdict on test, beside the unsteered "
     "baseline); search: Optuna over method, layer and strength (`python -m steerlight search "
-    "--help`); tiny: build the embedded offline model."
+    "--help`); export: the chosen steering as an lm-eval, steering-vectors or GGUF file; "
+    "tiny: build the embedded offline model."
 )
 
 

@@ -110,6 +110,8 @@ class SteeredLM(pl.LightningModule):
         # plain dicts: checkpoints are read with `weights_only=True`, which refuses dataclasses
         self.hparams.update(generation=dataclasses.asdict(generation), dac=dataclasses.asdict(dac))
         self.preset, self.settings, self.dac = get_preset(preset), generation, dac
+        # checked now: a bad $STEERLIGHT_HOME is an error before any run folder is written
+        self.cache_dir = Path(cache_dir) if cache_dir else steerlight_home() / "activations"
         self.metrics = torch.nn.ModuleDict({stage: Accuracy() for stage in STAGES})
         self.model: torch.nn.Module | None = None
         self.tokenizer = None
@@ -136,18 +138,7 @@ class SteeredLM(pl.LightningModule):
         self.model = load_model(path, hp.revision, hp.dtype, hp.trust_remote_code)
         self.tokenizer = load_tokenizer(path, hp.revision, hp.trust_remote_code)
         self.fingerprint = weights_fingerprint(self.model)
-        context = _context_length(self.model)
-        if context is not None and self.settings.max_new_tokens >= context:
-            raise SteerlightError(
-                f"model.generation.max_new_tokens={self.settings.max_new_tokens} does not fit "
-                f"{hp.model_name_or_path!r}, whose context holds {context} tokens with the "
-                f"prompt: use fewer (GSM8K solutions need about 256)"
-            )
-        if hp.layer != "auto":
-            try:
-                resolve_layer(self.model, hp.layer)
-            except ValueError as err:
-                raise SteerlightError(str(err)) from None
+        _check_fits(self.model, hp, self.settings)
 
     def configure_optimizers(self) -> None:
         return None  # nothing is trained: the base model is frozen, vectors are closed-form
@@ -192,7 +183,7 @@ class SteeredLM(pl.LightningModule):
             hp, self.fingerprint, self.trainer.datamodule, self.trainer, self.settings, self.dac
         )
         if self._fit is None or self._fit.key != key:  # later epochs of a fit: state known
-            cache = ActivationCache(hp.cache_dir or steerlight_home() / "activations")
+            cache = ActivationCache(self.cache_dir)
             self._fit = TrainFit(cache, key, state_key)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -405,6 +396,22 @@ def _tensorboard(module: pl.LightningModule):
     if isinstance(module.logger, TensorBoardLogger) and module.trainer.is_global_zero:
         return module.logger.experiment
     return None
+
+
+def _check_fits(model: torch.nn.Module, hp: Any, settings: GenerationSettings) -> None:
+    """The configured layer exists and the generation length fits the model's context."""
+    context = _context_length(model)
+    if context is not None and settings.max_new_tokens >= context:
+        raise SteerlightError(
+            f"model.generation.max_new_tokens={settings.max_new_tokens} does not fit "
+            f"{hp.model_name_or_path!r}, whose context holds {context} tokens with the "
+            "prompt: use fewer (GSM8K solutions need about 256)"
+        )
+    if hp.layer != "auto":
+        try:
+            resolve_layer(model, hp.layer)
+        except ValueError as err:
+            raise SteerlightError(str(err)) from None
 
 
 def _context_length(model: torch.nn.Module) -> int | None:

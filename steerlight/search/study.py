@@ -189,7 +189,9 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
     folder = StudyFolder(Path(options.root), name)
     ensure_writable_dir(folder.path, "--root")
     start = time.monotonic()
-    with _optuna_verbosity(optuna.logging.WARNING):  # the progress line replaces its log
+    # The progress line replaces Optuna's log; a FAIL trial's error is in it (and in
+    # trials.csv), so Optuna's own traceback of it (a warning) is not shown.
+    with _optuna_verbosity(optuna.logging.ERROR):
         storage = open_storage(options.storage or folder.storage_url, options.heartbeat_interval)
         study = make_study(options, name, storage)
         search = Search(config, space, folder, rounds=options.rounds)

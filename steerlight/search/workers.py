@@ -71,6 +71,7 @@ def open_storage(url: str, heartbeat_interval: int):
     connect_args: dict[str, Any] = {}
     if backend == "sqlite":
         connect_args["timeout"] = 60  # heartbeats of several workers write to one file
+        _check_writable(make_url(url).database)
     elif backend == "postgresql":
         connect_args["connect_timeout"] = 10  # an unreachable host fails fast, not in minutes
     try:
@@ -87,6 +88,21 @@ def open_storage(url: str, heartbeat_interval: int):
         raise SteerlightError(
             f"cannot open Optuna storage {_redact(url)!r}: {reason[:300]}; check that the "
             "database server runs and the URL's host, port, user and database are right"
+        ) from None
+
+
+def _check_writable(database: str | None) -> None:
+    """A study file that exists must be writable: SQLite would only fail at the first write,
+    deep inside Optuna, with "attempt to write a readonly database"."""
+    if not database or database == ":memory:" or not os.path.exists(database):
+        return
+    try:
+        with open(database, "ab"):
+            pass
+    except OSError as err:
+        raise SteerlightError(
+            f"study file {database} is read-only ({err.strerror}): make it writable, or pass "
+            "another --root or --storage for a new study"
         ) from None
 
 
