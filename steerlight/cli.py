@@ -106,8 +106,10 @@ class SteerlightCLI(LightningCLI):
             sub = self.config.get("subcommand")
             spec = sub and self.config[sub].get("ckpt")
         if spec:
-            if sub == "fit":
-                raise SteerlightError("--ckpt is for validate, test and predict")
+            if sub not in ("validate", "test", "predict"):
+                raise SteerlightError(
+                    "--ckpt is for validate, test and predict (after the command)"
+                )
             root = Path(_flag(argv, "--root") or _flag(argv, "--logs_root") or "lightning_logs")
             ckpt, config = resolve_checkpoint(spec, _flag(argv, "--study_name"), root)
             if config:
@@ -120,6 +122,8 @@ class SteerlightCLI(LightningCLI):
         if sub == "fit":  # checked now, not when the first checkpoint is due
             root = self.config[sub].trainer.get("default_root_dir") or os.getcwd()
             ensure_writable_dir(root, "trainer.default_root_dir")
+        if sub == "test":  # the verdict table replaces Lightning's table of test metrics
+            self.config[sub].verbose = False
         path = sub and self.config[sub].get("ckpt_path")
         if path and sub != "fit":  # fit's ckpt_path resumes training, which steerlight never does
             check_checkpoint(path)  # before Lightning's loader turns a bad file into a traceback
@@ -297,7 +301,14 @@ def link_run_arguments(parser: LightningArgumentParser) -> None:
 
 
 def add_location_arguments(parser: LightningArgumentParser) -> None:
-    """--study-name and --root, spelled (and meaning) the same for every command."""
+    """--study_name, --root and --quiet, the same for every command (and `--verbose`, read
+    before parsing, shows an error's traceback)."""
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="Print the results and errors only: no progress lines, no Lightning notices. "
+        "(--verbose shows an error's traceback instead of its one line.)",
+    )
     parser.add_argument(
         "--study_name",
         default=None,
@@ -329,14 +340,22 @@ def cli_main(
     checkpoint: bool = True,
     cli_class: type[SteerlightCLI] = SteerlightCLI,
     parser_kwargs: dict[str, Any] | None = None,
+    progress: str | None = "",
 ) -> SteerlightCLI:
-    """Build (and with `run`, execute) the CLI; `args` is an argv list or a config dict."""
+    """Build (and with `run`, execute) the CLI; `args` is an argv list or a config dict.
+
+    `progress` prefixes the progress lines of each pass (`None` turns them off).
+    """
     from jsonargparse import set_parsing_settings
 
     quiet_expected_warnings()
     # --help shows settings groups' attribute docstrings (GenerationSettings, DACSettings, ...)
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    from steerlight.progress import PassProgress
+
     callbacks = [SteeringCheckpoint()] if checkpoint else []
+    if progress is not None:  # the prefix of each progress line; None: no lines
+        callbacks.append(PassProgress(prefix=progress))
     kwargs = {"prog": "python -m steerlight", "description": DESCRIPTION, **(parser_kwargs or {})}
     return cli_class(
         SteeredLM,

@@ -122,6 +122,7 @@ class SteeredLM(pl.LightningModule):
         self.records: list[dict[str, Any]] = []  # per-question test outcomes, both models
         self.generation_memo: dict | None = None  # unsteered generations, shared by a search
         self.generated_tokens = 0
+        self.log_probe_figure = True  # a search turns it off for its trials
         self._dac_alphas: list[Tensor] = []  # DAC's alpha_t per row and step, this epoch
         self.strict_loading = False  # checkpoints leave out the frozen base weights
         self.automatic_optimization = False
@@ -224,7 +225,7 @@ class SteeredLM(pl.LightningModule):
         for i, value in enumerate(state["probe_auc"].tolist()):
             self.log(f"probe_auc/layer_{i:02d}", value)
         writer = _tensorboard(self)
-        if writer is not None:
+        if writer is not None and self.log_probe_figure:  # a search draws it once per study
             writer.add_figure(
                 "probes/auc_per_layer", figures.auc_figure(state["probe_auc"].tolist())
             )
@@ -322,14 +323,17 @@ class SteeredLM(pl.LightningModule):
         self.log(f"{stage}/acc", values["strict"], prog_bar=True)  # shown at the end of fit
         total = self.metrics[stage].strict.total.float()  # this rank's count
         self.log(f"{stage}/questions", total, sync_dist=True, reduce_fx="sum")
+        # the x-axis of these scalars: the round (a search trial's val shard), not the
+        # optimizer step, which stays 0 for closed-form vectors
+        self.log("step", float(self.current_epoch))
         writer = _tensorboard(self)
         if writer is not None:
             figures.log_stage(
                 writer, stage, self.samples[stage], self._dac_alphas, self.current_epoch
             )
-            self.logger.log_hyperparams(
-                dict(self.hparams), {f"{stage}/acc": float(values["strict"])}
-            )
+            metrics = {f"{stage}/acc": float(values["strict"])}
+            metrics[f"{stage}/acc_flexible"] = float(values["flexible"])
+            self.logger.log_hyperparams(figures.hparams_columns(self.hparams), metrics)
         self._dac_alphas = []
 
     def _write_results(self, out: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -199,11 +200,17 @@ data:
     return path
 
 
-def test_cli_fit_validate_test(llama, tmp_path):
+def test_cli_fit_validate_test(llama, tmp_path, caplog):
     from steerlight.cli import cli_main
 
     config = write_config(tmp_path / "c.yaml", llama, tmp_path)
-    fit = cli_main(["fit", "--config", str(config)])
+    with caplog.at_level(logging.INFO, logger="steerlight.progress"):
+        fit = cli_main(["fit", "--config", str(config)])
+    # plain progress lines (output is not a terminal here): the train pass and the val pass
+    lines = [r.getMessage() for r in caplog.records if r.name == "steerlight.progress"]
+    assert any(line.startswith("train activations: 8/8 questions (100%)") for line in lines)
+    val = [line for line in lines if line.startswith("val: ")]
+    assert val and "questions/s" in val[-1] and "acc " in val[-1], lines
     ckpt = fit.trainer.checkpoint_callback.best_model_path
     assert Path(ckpt).is_file()
     assert (Path(fit.trainer.log_dir) / "config.yaml").is_file(), "the run's config is saved"
@@ -212,6 +219,8 @@ def test_cli_fit_validate_test(llama, tmp_path):
     assert val.trainer.callback_metrics["val/acc"] == fit.trainer.callback_metrics["val/acc"]
     test = cli_main(["test", "--config", str(config), "--ckpt_path", ckpt])
     assert "test/acc_strict" in test.trainer.callback_metrics
+    columns = hparams_experiment(Path(test.trainer.log_dir))
+    assert {"test/acc", "test/acc_flexible"} <= columns["metrics"], columns
     assert len(test.model.samples["test"]) == 6
     # A flag beats the checkpoint's saved argument; the other saved arguments still apply.
     flagged = cli_main(
@@ -234,7 +243,6 @@ def test_every_config_parses(config, capsys):
 def assert_tensorboard_review(log_dir: Path) -> None:
     """What the README tells a user to look at is really in the event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
 
     acc = EventAccumulator(str(log_dir), size_guidance={"tensors": 0, "images": 0})
     acc.Reload()
@@ -246,12 +254,28 @@ def assert_tensorboard_review(log_dir: Path) -> None:
     table = acc.Tensors("val/samples/text_summary")[0].tensor_proto.string_val[0].decode()
     assert table.startswith("| question | completion | extracted | gold | correct |")
     assert "probes/auc_per_layer" in tags["images"]
+    columns = hparams_experiment(log_dir)
+    assert {"val/acc", "val/acc_flexible"} <= columns["metrics"], "real metric columns"
+    names = columns["hparams"]
+    assert names[:3] == ["method", "layer", "alpha"], "what is steered comes first"
+    assert not {"_instantiator", "cache_dir", "log_samples"} & set(names), names
+    assert not [n for n in names if n.startswith("dac.")], "a CAA run leaves DAC's blank"
+    assert "generation.max_new_tokens" in names
+
+
+def hparams_experiment(log_dir: Path) -> dict:
+    """The HPARAMS tab of a run: its hyperparameter names (in order) and metric columns."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
-    metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
-    assert "val/acc" in metric_tags, "the HPARAMS tab needs real metric columns"
-    hparam_names = {h.name for h in experiment.experiment.hparam_infos}
-    assert {"alpha", "layer", "method"} <= hparam_names
+    return {
+        "metrics": {m.name.tag for m in experiment.experiment.metric_infos},
+        "hparams": [h.name for h in experiment.experiment.hparam_infos],
+    }
 
 
 def test_dac_through_the_module(llama, tmp_path):

@@ -11,6 +11,35 @@ from torch import Tensor
 SAMPLE_COLUMNS = ("question", "completion", "extracted", "gold", "correct")
 
 
+HPARAMS_FIRST = ("method", "layer", "alpha", "positions", "normalization", "read_position")
+
+
+def hparams_columns(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's settings for TensorBoard's HPARAMS tab: what is steered first, then decoding
+    and the model; no internal fields or paths, and nothing the method does not use (blank)."""
+    method = hparams.get("method")
+    out = {k: hparams[k] for k in HPARAMS_FIRST if k in hparams}
+    if method != "caa":
+        out.pop("alpha", None)  # DAC's strength is dac.alpha_max; `none` has none
+    if method == "dac":
+        out.update({f"dac.{k}": v for k, v in dict(hparams.get("dac") or {}).items()})
+    if method == "none":
+        out = {"method": "none"}
+    out.update({f"generation.{k}": v for k, v in dict(hparams.get("generation") or {}).items()})
+    for key in ("pairs", "preset", "dtype", "seed"):
+        if key in hparams:
+            out[key] = hparams[key]
+    name = str(hparams.get("model_name_or_path", ""))
+    out["model"] = (
+        name
+        if name.count("/") <= 1 and not name.startswith(("/", "."))
+        else (
+            name.rstrip("/").rsplit("/", 1)[-1]  # a local folder: its name, not the path
+        )
+    )
+    return out
+
+
 def _pyplot():
     import matplotlib
 

@@ -50,14 +50,14 @@ IMPORTANCE_MIN_TRIALS = 10
 """Parameter importances from fewer complete trials are noise; below this, a note instead."""
 
 
-def log_figures(study, folder: StudyFolder) -> None:
+def log_figures(study, folder: StudyFolder, probe_auc: list[float] | None = None) -> None:
     """The study's figures in TensorBoard (`<study>/summary`): val accuracy against strength per
     method x layer, Optuna's history and, with enough complete trials, parameter importances."""
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
     from torch.utils.tensorboard import SummaryWriter
 
-    from steerlight.eval.figures import strength_figure
+    from steerlight.eval.figures import auc_figure, strength_figure
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
@@ -65,6 +65,9 @@ def log_figures(study, folder: StudyFolder) -> None:
     writer = SummaryWriter(str(folder.summary))
     try:
         writer.add_figure("search/val_acc_vs_strength", strength_figure(complete, folder.name))
+        probe_auc = probe_auc or _probe_auc(folder.best_ckpt)
+        if probe_auc:
+            writer.add_figure("probes/auc_per_layer", auc_figure(probe_auc))
         plots = {"search/optimization_history": optuna_plots.plot_optimization_history}
         if len(complete) >= IMPORTANCE_MIN_TRIALS:
             plots["search/param_importances"] = optuna_plots.plot_param_importances
@@ -84,3 +87,13 @@ def log_figures(study, folder: StudyFolder) -> None:
                 log.warning("no %s figure: %s", tag, err)
     finally:
         writer.close()
+
+
+def _probe_auc(checkpoint: Path) -> list[float] | None:
+    """The probes' AUC per layer that a checkpoint holds (the same for every trial)."""
+    import torch
+
+    if not checkpoint.is_file():
+        return None
+    steering = torch.load(checkpoint, map_location="cpu", weights_only=True).get("steering", {})
+    return steering["probe_auc"].tolist() if "probe_auc" in steering else None

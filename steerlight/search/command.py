@@ -159,7 +159,10 @@ def search(
 
 def run(argv: list[str]):
     """A command line's search, start to end; returns the `optuna.Study`."""
-    return run_search(*parse_argv(argv))
+    from steerlight.console import lightning_banners_once
+
+    with lightning_banners_once():
+        return run_search(*parse_argv(argv))
 
 
 def main(argv: list[str] | None = None) -> None:

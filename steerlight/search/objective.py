@@ -59,6 +59,8 @@ class Search:
                     "max_epochs": self.rounds,
                     "reload_dataloaders_every_n_epochs": 1,
                     "num_sanity_val_steps": 0,
+                    # one line per pass and per trial instead of a bar per trial
+                    "enable_progress_bar": False,
                     "logger": {
                         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                         "init_args": {
@@ -83,6 +85,7 @@ class Search:
                     "limit_val_batches": 0,
                     "logger": False,
                     "enable_checkpointing": False,
+                    "enable_progress_bar": False,
                     "max_epochs": 1,
                 },
                 "model": {"alpha": 0.0},
@@ -115,8 +118,10 @@ class Search:
                 args=self.trial_config(params, StudyFolder.trial_version(trial.number)),
                 run=False,
                 extra_callbacks=[pruning],
+                progress=f"[{self.folder.name}] trial {trial.number} ",
             )
             cli.model.generation_memo = self.memo
+            cli.model.log_probe_figure = False  # once per study, in <study>/summary
             try:
                 cli.trainer.fit(cli.model, cli.datamodule)
             finally:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from steerlight.console import lightning_banners_once
 from steerlight.errors import SteerlightError, one_line
 from steerlight.io import ensure_writable_dir
 from steerlight.layout import StudyFolder, check_study_name
@@ -197,7 +198,7 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
         search = Search(config, space, folder, rounds=options.rounds)
         lock = StudyLock(storage, name)
         try:
-            with reuse_loaded_models():
+            with reuse_loaded_models(), lightning_banners_once():
                 if space.needs_probes:
                     search.probe_auc = search.fit_probes()
                 space.check_study(study, search.probe_auc)
@@ -240,7 +241,7 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
             raise
         finally:
             lock.close()
-        log_figures(study, folder)
+        log_figures(study, folder, search.probe_auc)
         write_artefacts(study, folder)
     _print_summary(study, folder, time.monotonic() - start)
     return study

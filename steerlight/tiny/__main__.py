@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -48,11 +47,13 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from steerlight.console import show_logs
+
     """Build (or find) the tiny model, print its folder and, with ``--eval``, its accuracy."""
     parser = build_parser()
     cfg = parser.parse_args(argv)
     recipe: TinyRecipe = parser.instantiate_classes(cfg).recipe
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    show_logs()  # the build's progress lines and its notice
     path = tiny_model_path(recipe, force=cfg.force)
     print(path, flush=True)
     if cfg.eval > 0:

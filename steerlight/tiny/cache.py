@@ -59,11 +59,11 @@ def tiny_model_path(recipe: TinyRecipe | None = None, force: bool = False) -> Pa
         _remove_stale_tmp(parent, recipe.key())
         log.warning(
             "building the embedded tiny model (recipe %s) into %s: this trains a %s-layer Llama "
-            "on synthetic GSM8K and takes about %.1f minute(s) on 2 CPU cores, once",
+            "on synthetic GSM8K for %d steps, once (minutes on a CPU; progress and ETA follow)",
             recipe.key(),
             final,
             recipe.num_layers,
-            recipe.minutes(),
+            recipe.steps,
         )
         # Imported here: training needs torch and Lightning, finding a cached build does not.
         from steerlight.tiny import train

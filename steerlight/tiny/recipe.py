@@ -83,10 +83,3 @@ class TinyRecipe:
             {"format": BUILD_FORMAT, "synthetic": VERSION, **self.as_json()}, sort_keys=True
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def minutes(self) -> float:
-        """A rough build time on 2 CPU cores, for the log line: the default recipe took 3.1 to
-        4.6 minutes here, and the time scales with the work per step and the steps."""
-        size = (self.hidden_size / 128) ** 2 * (self.num_layers / 4)
-        work = (self.steps / 1000) * (self.batch_size / 12) * (self.seq_len / 512)
-        return max(0.1, 3.1 * size * work)

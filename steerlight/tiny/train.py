@@ -7,6 +7,7 @@ when a build is actually needed, so finding a cached model stays cheap.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
+from steerlight.progress import StepProgress
 from steerlight.tiny.data import (
     SOLUTION,
     _encode_drills,
@@ -154,8 +156,9 @@ def build_tiny_model(recipe: TinyRecipe, out_dir: str | Path) -> dict[str, Any]:
             max_epochs=1,
             logger=False,
             enable_checkpointing=False,
-            enable_progress_bar=True,
+            enable_progress_bar=sys.stdout.isatty(),  # in a log, the lines below instead
             enable_model_summary=False,
+            callbacks=[StepProgress("tiny model build")],
             gradient_clip_val=recipe.grad_clip,
             log_every_n_steps=10,
             num_sanity_val_steps=0,

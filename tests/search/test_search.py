@@ -47,10 +47,21 @@ def test_trial_states_artefacts_and_resume(llama, tmp_path, monkeypatch):
     best = yaml.safe_load((study_dir / "best.yaml").read_text())
     assert "val_shards" not in best["data"] and best["model"]["layer"] == 0
     assert (study_dir / "trial_0000").is_dir(), "each trial has its own TensorBoard run"
+    summary = images(study_dir / "summary")
+    assert {"search/val_acc_vs_strength", "probes/auc_per_layer"} <= summary, summary
+    assert "probes/auc_per_layer" not in images(study_dir / "trial_0000"), "once per study"
 
     again = search(tmp_path, config, "--n-trials", "2", "--sampler", "random")
     assert len(again.trials) == len(trials) + 2
     assert [t.params for t in again.trials[: len(trials)]] == [t.params for t in trials]
+
+
+def images(log_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    acc.Reload()
+    return set(acc.Tags()["images"])
 
 
 def test_identical_configuration_is_not_generated_twice(llama, tmp_path, monkeypatch):

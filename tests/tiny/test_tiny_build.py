@@ -119,10 +119,14 @@ def test_cache_key_follows_every_recipe_field():
 def test_build_logs_and_leaves_no_temp_folder(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("STEERLIGHT_HOME", str(tmp_path))
     before = torch.random.get_rng_state()
-    with caplog.at_level(logging.INFO, logger="steerlight.tiny"):
+    with caplog.at_level(logging.INFO, logger="steerlight"):
         path = tiny_model_path(dataclasses.replace(MICRO, seed=1))
     assert "building the embedded tiny model" in caplog.text
-    assert "minute" in caplog.text
+    # progress as plain lines (this output is not a terminal): steps, rate, loss, ETA
+    lines = [r.getMessage() for r in caplog.records if r.name == "steerlight.progress"]
+    assert lines[0].startswith("tiny model build: 1/3 steps (33%)"), lines
+    assert "steps/s" in lines[0] and "ETA" in lines[0] and "loss" in lines[0]
+    assert lines[-1].startswith("tiny model build: 3/3 steps (100%)") and " in " in lines[-1]
     assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is untouched
     assert path.parent == tmp_path / "tiny"
     assert _tmp_dirs(path.parent) == []

@@ -141,10 +141,21 @@ def test_readme_flow_fit_search_test(tiny_model, tmp_path):
 
     steerlight("steerlight", "fit", "--config", str(path), cwd=tmp_path)
     assert list((tmp_path / "lightning_logs" / "debug").glob("version_0/checkpoints/*.ckpt"))
-    steerlight("steerlight.search", "--config", str(path), "--n-trials", "4", cwd=tmp_path)
+    search = steerlight("steerlight.search", "--config", str(path), "--n-trials", "4", cwd=tmp_path)
+    lines = search.stdout.strip().splitlines()
+    assert lines[-1] == "[debug] next: python -m steerlight test --ckpt best --study-name debug"
+    assert "(unsteered baseline, trial 0:" in lines[-2], lines[-3:]
     study_dir = tmp_path / "lightning_logs" / "debug"
     best = json.loads((study_dir / "best.json").read_text())
-    steerlight("steerlight", "test", "--ckpt", "best", cwd=tmp_path)
+    test = steerlight("steerlight", "test", "--ckpt", "best", cwd=tmp_path)
+    out = test.stdout
+    assert "| match    | baseline | steered | difference [95% CI]" in out and "McNemar p" in out
+    for mode in ("strict", "flexible"):
+        row = next(line for line in out.splitlines() if line.startswith(f"| {mode} "))
+        assert row.rstrip().endswith("| 40 |") and "[" in row, row  # n, and the CI
+    assert f"results: {Path('lightning_logs') / 'debug' / 'final_results.json'}" in out
+    assert "steering: method=" in out
+    assert "Test metric" not in out, "the verdict replaces Lightning's metrics table"
 
     results = json.loads((study_dir / "final_results.json").read_text())
     assert results["questions"] == 40

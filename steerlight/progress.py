@@ -1,0 +1,141 @@
+"""Progress lines for every long pass of a run, in a terminal and in a log file alike.
+
+Lightning's bar shows batches, which for a val pass of one or a few big generation batches means
+a bar frozen for minutes, and nothing at all when output is not a terminal. `PassProgress`
+logs a plain line (questions done, rate, generated tokens per second, running accuracy, ETA)
+every 10% of a pass or 30 seconds, and one at its end, to the `steerlight.progress` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch import Callback
+
+from steerlight.console import Pace
+
+log = logging.getLogger("steerlight.progress")
+
+
+def _questions(dataloaders: Any) -> int:
+    """Questions a pass will see: the datasets' lengths (0 where unknown)."""
+    if dataloaders is None:
+        return 0
+    loaders = dataloaders if isinstance(dataloaders, (list, tuple)) else [dataloaders]
+    return sum(len(getattr(dl, "dataset", None) or []) for dl in loaders)
+
+
+class PassProgress(Callback):
+    """Lines for the train pass (reading activations), each val round and the test pass.
+
+    Within a generation batch (minutes on a big model), a forward pre-hook counts the model's
+    forward calls, so a line also comes every `every_s` seconds while one batch decodes.
+    """
+
+    def __init__(self, every_s: float = 30.0, fraction: float = 0.1, prefix: str = "") -> None:
+        self.every_s, self.fraction, self.prefix = every_s, fraction, prefix
+        self._pace: Pace | None = None
+        self._tokens = 0
+        self._hook = None
+
+    def _watch_batch(self, pl_module: pl.LightningModule, what: str) -> None:
+        """Count forwards while a batch generates; a line every `every_s` seconds."""
+        model = getattr(pl_module, "model", None)
+        if self._pace is None or model is None or not pl_module.trainer.is_global_zero:
+            return
+        started, last, forwards = time.monotonic(), [time.monotonic()], [0]
+        limit = getattr(getattr(pl_module, "settings", None), "max_new_tokens", None)
+
+        def count(_module, _args) -> None:
+            forwards[0] += 1
+            now = time.monotonic()
+            if now - last[0] >= self.every_s:
+                last[0] = now
+                bound = f" of at most {limit} new tokens" if limit else ""
+                log.info(
+                    f"{self.prefix}{what}: {self._pace.done}/{self._pace.total} questions done; "
+                    f"this batch: {forwards[0]} forward passes{bound} in {now - started:.0f}s"
+                )
+
+        self._unwatch()
+        self._hook = model.register_forward_pre_hook(count)
+
+    def _unwatch(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
+        self._watch_batch(pl_module, "val")
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
+        self._watch_batch(pl_module, "test")
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._unwatch()
+
+    def _start(self, total: int, pl_module: pl.LightningModule) -> None:
+        self._pace = Pace(total, self.every_s, self.fraction) if total else None
+        self._tokens = getattr(pl_module, "generated_tokens", 0)
+
+    def _report(self, what: str, batch: Any, pl_module: pl.LightningModule, stage: str) -> None:
+        self._unwatch()
+        if self._pace is None or not pl_module.trainer.is_global_zero:
+            return
+        if not self._pace.advance(len(batch["ids"])):
+            return
+        line = self._pace.line(f"{self.prefix}{what}", "questions")
+        tokens = getattr(pl_module, "generated_tokens", 0) - self._tokens
+        if tokens:
+            line += f", {tokens / max(self._pace.elapsed, 1e-9):.0f} tokens/s"
+        metrics = getattr(pl_module, "metrics", {})
+        metric = metrics[stage] if stage and stage in metrics else None
+        if metric is not None and int(metric.strict.total):  # this rank's counts: no sync
+            line += f", acc {float(metric.strict.correct) / int(metric.strict.total):.3f}"
+        log.info(line)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:  # after the module's epoch start, which knows what is cached
+            fit = getattr(pl_module, "_fit", None)
+            collecting = fit is not None and fit.collecting
+            self._start(_questions(trainer.train_dataloader) if collecting else 0, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._report("train activations", batch, pl_module, "")
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(_questions(trainer.val_dataloaders), pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
+        rounds = trainer.max_epochs or 1
+        in_rounds = trainer.state.fn == "fit" and rounds > 1  # a search trial's pruning rounds
+        what = f"val round {trainer.current_epoch + 1}/{rounds}" if in_rounds else "val"
+        self._report(what, batch, pl_module, "val")
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(_questions(trainer.test_dataloaders), pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
+        self._report("test (steered and baseline)", batch, pl_module, "test")
+
+
+class StepProgress(Callback):
+    """Lines for a training run measured in optimizer steps (the tiny model's build): steps
+    done, rate, the logged loss and an ETA from the measured speed."""
+
+    def __init__(self, what: str, every_s: float = 30.0, fraction: float = 0.1) -> None:
+        self.what, self.every_s, self.fraction = what, every_s, fraction
+        self._pace: Pace | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pace = Pace(trainer.max_steps, self.every_s, self.fraction)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._pace is None or not self._pace.advance(1):
+            return
+        loss = trainer.callback_metrics.get("loss")
+        suffix = f", loss {float(loss):.3f}" if loss is not None else ""
+        log.info(self._pace.line(self.what, "steps") + suffix)
