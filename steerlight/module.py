@@ -88,11 +88,13 @@ class SteeredLM(pl.LightningModule):
                 ``all`` non-pad tokens.
             normalization: ``none`` (raw mean difference), ``unit`` (unit norm) or ``mean_norm``
                 (unit norm times the layer's mean activation norm; with ``read_position: mean``
-                that norm is of mean-pooled activations, about half a per-token residual norm).
+                that norm is of mean-pooled activations, a third to a half of a per-token
+                residual norm: scripts/paper_departures.py).
             pairs: ``corrupted``: gold solution vs. the same with consistently altered numbers;
                 ``on_policy``: the model's own train generations, labelled by correctness.
-            read_position: Where activations are read: ``mean`` over solution tokens (default;
-                the CAA paper reads one position, ``last``) or ``last``.
+            read_position: Where activations are read: ``mean`` over solution tokens (default)
+                or ``last`` token (the CAA paper's; a different direction, cosine 0.2-0.35 on
+                the embedded model).
             generation: How completions are decoded (greedy by default).
             dac: DAC's settings (used when ``method`` is ``dac``).
             seed: Seed for corrupted solutions and probe splits.
@@ -114,8 +116,7 @@ class SteeredLM(pl.LightningModule):
         self.cache_dir = Path(cache_dir) if cache_dir else steerlight_home() / "activations"
         self.metrics = torch.nn.ModuleDict({stage: Accuracy() for stage in STAGES})
         self.model: torch.nn.Module | None = None
-        self.tokenizer = None
-        self.fingerprint = ""
+        self.tokenizer, self.fingerprint = None, ""  # set by configure_model
         self.steering: dict[str, Tensor] = {}  # what a checkpoint holds: fit or load fills it
         self._fit: TrainFit | None = None
         self.samples: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
