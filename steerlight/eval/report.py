@@ -59,21 +59,6 @@ def paired_record(
     return record
 
 
-def write_results(
-    out: Path,
-    records: Sequence[Mapping[str, Any]],
-    header: Mapping[str, Any],
-    reproducibility: Mapping[str, Any],
-    seed: int,
-) -> dict[str, Any]:
-    """Write the three verdict files into `out`; return what final_results.json holds."""
-    write_text(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
-    results = {**header, **verdict(records, seed=seed)}
-    write_json(out / RESULTS, results)
-    write_json(out / REPRODUCIBILITY, {**reproducibility, "environment": environment()})
-    return results
-
-
 def write_verdict(
     out: Path,
     records: Sequence[Mapping[str, Any]],
@@ -105,7 +90,11 @@ def write_verdict(
         "base_model": dict(base_model),
         "study": json.loads(study.read_text()) if study.is_file() else None,
     }
-    return write_results(out, records, header, reproducibility, seed=hparams["seed"])
+    write_text(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
+    results = {**header, **verdict(records, seed=hparams["seed"])}
+    write_json(out / RESULTS, results)
+    write_json(out / REPRODUCIBILITY, {**reproducibility, "environment": environment()})
+    return results
 
 
 def format_verdict(results: Mapping[str, Any], path: Path | str | None = None) -> str:

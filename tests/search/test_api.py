@@ -55,6 +55,9 @@ def test_search_and_verdict_from_python(tiny_model, tmp_path, monkeypatch, capsy
     for mode in ("strict", "flexible"):
         assert 0.0 <= results[mode]["steered_accuracy"] <= 1.0
         assert len(results[mode]["difference_ci95"]) == 2
+    first = (folder.path / "final_results.json").read_bytes()
+    steerlight.search.verdict(study_name="api", root=root, overrides={"data.limit_test": 12})
+    assert (folder.path / "final_results.json").read_bytes() == first, "byte-identical"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

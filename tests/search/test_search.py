@@ -133,3 +133,25 @@ def test_search_then_test_ckpt_best_from_a_fresh_process(llama, tmp_path, monkey
     assert bundle["environment"]["torch"]
     lines = (study_dir / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 4 and "steered_completion" in json.loads(lines[0])
+
+
+def test_print_config_shows_the_run_and_the_search(llama, tmp_path, capsys):
+    from steerlight.search.command import main
+
+    space = {"layer": [0], "alpha": {"low": -2.0, "high": 2.0}}
+    config = write_search_config(tmp_path, llama, space)
+    argv = ["--config", str(config), "--data.limit_val", "5", "--n-trials", "3", "--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["limit_val"] == 5 and printed["n_trials"] == 3
+    assert printed["search"] == space and printed["model"]["model_name_or_path"] == str(llama)
+
+
+@pytest.mark.parametrize("flag", ["--study-name", "--study_name"])
+def test_both_spellings_of_a_flag(llama, tmp_path, monkeypatch, flag):
+    monkeypatch.chdir(tmp_path)
+    config = write_search_config(tmp_path, llama, {"layer": [0], "alpha": [0.0]})
+    study = search(tmp_path, config, flag, "spelled", "--n_trials", "1")
+    assert study.study_name == "spelled" and len(study.trials) == 1
