@@ -77,7 +77,10 @@ def peak_memory_gb(device: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from steerlight.console import show_logs
+
     args = parse_args(argv)
+    show_logs()  # steerlight's progress lines, as the commands print them
     work = Path(args.workdir).resolve()
     model_dir = work / "model"
     steps: dict[str, dict] = {}

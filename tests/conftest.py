@@ -65,6 +65,23 @@ def tiny_random_paths(tiny_random_root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_random_model(tiny_random_paths: dict[str, Path]):
+    """Architecture name -> its tiny random model (fp32, eval mode), loaded once per session and
+    shared by every test: tests must not mutate it (load a fresh copy to do that)."""
+    from functools import cache
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    @cache
+    def load(arch: str):
+        path = str(tiny_random_paths[arch])
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def tiny_random_tokenizer(tiny_random_root: Path):
     """The byte-level BPE tokenizer (left padding, <pad>/<s>/</s> = 0/1/2) the tiny models use."""
     from transformers import AutoTokenizer

@@ -146,11 +146,152 @@ ARCHS: dict[str, tuple[str, dict[str, Any], str]] = {
         {"d_model": HIDDEN, "n_heads": HEADS, "max_seq_len": MAX_POS, "initializer_range": INIT},
         "n_layers",
     ),
+    # ---- mixture of experts -------------------------------------------------------------------
+    "mixtral": (
+        "MixtralConfig",
+        {**_LLAMA_LIKE, "num_local_experts": 4, "num_experts_per_tok": 2},
+        "num_hidden_layers",
+    ),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        {
+            **_LLAMA_LIKE,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": FFN // 2,
+            "shared_expert_intermediate_size": FFN // 2,
+        },
+        "num_hidden_layers",
+    ),
+    # ---- sliding window next to full attention -------------------------------------------------
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        {
+            **_LLAMA_LIKE,
+            "head_dim": 8,
+            "sliding_window": 8,  # shorter than the prompts: the window really slides
+            "query_pre_attn_scalar": 8,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+        "num_hidden_layers",
+    ),
+    "gpt_neo": (
+        "GPTNeoConfig",
+        {
+            "hidden_size": HIDDEN,
+            "num_heads": HEADS,
+            "max_position_embeddings": MAX_POS,
+            "attention_types": [[["local", "global"], 1]],
+            "window_size": 8,
+            "initializer_range": INIT,
+        },
+        "num_layers",
+    ),
+    # ---- hybrids: linear attention / convolution / SSM layers next to attention ---------------
+    "lfm2": (
+        "Lfm2Config",
+        {**_LLAMA_LIKE, "layer_types": ["conv", "full_attention"]},
+        "num_hidden_layers",
+    ),
+    "lfm3": (
+        "Lfm3Config",
+        {**_LLAMA_LIKE, "head_dim": 8, "layer_types": ["conv", "full_attention"]},
+        "num_hidden_layers",
+    ),
+    "falcon_h1": (  # every layer is both: attention and Mamba-2 side by side
+        "FalconH1Config",
+        {
+            **_LLAMA_LIKE,
+            "mamba_d_ssm": HIDDEN,
+            "mamba_n_heads": 4,
+            "mamba_d_state": 8,
+            "mamba_n_groups": 1,
+            "mamba_chunk_size": 8,
+        },
+        "num_hidden_layers",
+    ),
+    "qwen3_next": (  # gated DeltaNet + attention, MoE
+        "Qwen3NextConfig",
+        {
+            **_LLAMA_LIKE,
+            "head_dim": 8,
+            "layer_types": ["linear_attention", "full_attention"],
+            "linear_key_head_dim": 8,
+            "linear_value_head_dim": 8,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": FFN // 2,
+            "shared_expert_intermediate_size": FFN // 2,
+        },
+        "num_hidden_layers",
+    ),
+    "minimax": (  # lightning (linear) attention in a cache class of its own
+        "MiniMaxConfig",
+        {
+            **_LLAMA_LIKE,
+            "head_dim": 8,
+            "layer_types": ["linear_attention", "full_attention"],
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "block_size": 8,
+        },
+        "num_hidden_layers",
+    ),
+    # ---- pure state-space models ---------------------------------------------------------------
+    "mamba": (
+        "MambaConfig",
+        {"hidden_size": HIDDEN, "state_size": 8, "expand": 2, "initializer_range": INIT},
+        "num_hidden_layers",
+    ),
+    "falcon_mamba": (
+        "FalconMambaConfig",
+        {"hidden_size": HIDDEN, "state_size": 8, "expand": 2, "initializer_range": INIT},
+        "num_hidden_layers",
+    ),
+    # ---- no KV cache: the whole sequence is recomputed at every step --------------------------
+    "openai-gpt": (
+        "OpenAIGPTConfig",
+        {"n_embd": HIDDEN, "n_head": HEADS, "n_positions": MAX_POS, "initializer_range": INIT},
+        "n_layer",
+    ),
+    "recurrent_gemma": (  # keeps its recurrent state in its own modules, returns no cache
+        "RecurrentGemmaConfig",
+        {
+            "hidden_size": HIDDEN,
+            "intermediate_size": FFN,
+            "num_attention_heads": HEADS,
+            "num_key_value_heads": 2,
+            "lru_width": HIDDEN,
+            "attention_window_size": 16,
+            "block_types": ["recurrent", "attention"],
+        },
+        "num_hidden_layers",
+    ),
+    # ---- an encoder stack run as a decoder -----------------------------------------------------
+    "bert": (
+        "BertConfig",
+        {
+            "hidden_size": HIDDEN,
+            "intermediate_size": FFN,
+            "num_attention_heads": HEADS,
+            "max_position_embeddings": MAX_POS,
+            "initializer_range": INIT,
+            "is_decoder": True,
+        },
+        "num_hidden_layers",
+    ),
 }
 """Every architecture `build_tiny_model` can build."""
 
-# Layer counts differ between architectures so a wrong layer-discovery rule shows up.
-NUM_LAYERS: dict[str, int] = {arch: 2 + (i % 2) for i, arch in enumerate(ARCHS)}
+# Layer counts differ between architectures so a wrong layer-discovery rule shows up; those with
+# one entry per layer in their config (layer types) have exactly that many.
+NUM_LAYERS: dict[str, int] = {
+    arch: len(kwargs.get("layer_types") or kwargs.get("block_types") or ()) or 2 + (i % 2)
+    for i, (arch, (_, kwargs, _)) in enumerate(ARCHS.items())
+}
+NUM_LAYERS["gpt_neo"] = 2  # one local and one global layer (`attention_types`)
 
 
 def build_tokenizer_dir(path: str | Path) -> PreTrainedTokenizerFast:

@@ -38,8 +38,9 @@ def write(state: ExportState, path: Path) -> None:
 
 def usage(state: ExportState, out: Path) -> str:
     """Python that steers a loaded model with the file."""
+    path = str(out.resolve())
     return (
-        f"d = torch.load({str(out.resolve())!r}, weights_only=True); "
+        f"d = torch.load({path!r}, weights_only=True); "
         "with steering_vectors.SteeringVector(d['layer_activations'], d['layer_type'])"
         ".apply(model, layer_config=d['layer_config']): model.generate(...)"
     )

@@ -11,6 +11,10 @@ The KV cache is Transformers' own `DynamicCache`, except that its full-attention
 into buffers sized for the whole generation (`PreallocatedLayer`) instead of concatenating at
 every step: `scripts/bench.py` profiled ``torch.cat`` of the cache at 20-50% of a batched val
 pass on a CPU, since each step copied every cached key and value once more.
+
+For decoding loops of their own (DAC), `ChunkForward` runs a forward with exactly the inputs
+``generate`` would pass and learns whether the model keeps a cache at all, and
+`repeat_cache_rows` copies a cache's rows where that is exact for every layer kind.
 """
 
 from __future__ import annotations
@@ -310,12 +314,14 @@ def position_ids_from_mask(mask: Tensor) -> Tensor:
 
 
 class ChunkForward:
-    """Forwards of a chunk of columns with the inputs ``generate`` would pass: position ids from
-    the left-padded mask, the mask itself only when a row is padded (``generate`` drops an
-    all-ones one: same kernels), logits of the last position only.
+    """Forwards of the last columns of a sequence with exactly the inputs ``generate`` would
+    pass: ``model.prepare_inputs_for_generation`` builds them (the inputs sliced to the new
+    columns, position ids from the left-padded mask, a model's own rules such as Mamba dropping
+    the mask on decode steps), and the mask is passed only when a row is padded (``generate``
+    drops an all-ones one). Only the last position's logits are computed where the model allows.
 
     The first forward tells whether the model returns a cache; from then on a model that does
-    not (``openai-gpt``, ``recurrent_gemma``) is run without one, and callers feed it every
+    not (``openai-gpt``, ``recurrent_gemma``) is run without one and callers feed it every
     column each time (`cacheless`), which is said once in the log.
     """
 
@@ -329,23 +335,24 @@ class ChunkForward:
         self.use_cache = "use_cache" in params
         self.cacheless = self.cache_name is None
 
-    def __call__(self, ids: Tensor, mask: Tensor, cache: Any) -> tuple[Tensor, Any]:
-        """Next-token logits (R, V) after `ids` (R, T), and the cache now holding them.
-
-        `mask` (R, past + T) covers every column so far; `cache` holds the past (or None).
-        """
-        kwargs: dict[str, Any] = {"input_ids": ids}
-        if self.use_cache:
-            kwargs["use_cache"] = not self.cacheless
+    def __call__(self, ids: Tensor, mask: Tensor, cache: Any, new: int) -> tuple[Tensor, Any]:
+        """Next-token logits (R, V) after feeding the last `new` columns of `ids` (R, N), and the
+        cache now holding every column. `cache` holds the other columns (None: `new` is N)."""
+        kwargs: dict[str, Any] = {"is_first_iteration": cache is None}
         if cache is not None:
             kwargs[self.cache_name] = cache
+            kwargs["next_sequence_length"] = new
+        if self.use_cache:
+            kwargs["use_cache"] = not self.cacheless
         if self.padded:
             kwargs["attention_mask"] = mask
         if self.position_ids:
-            kwargs["position_ids"] = position_ids_from_mask(mask)[:, -ids.shape[1] :]
+            kwargs["position_ids"] = position_ids_from_mask(mask)
         if self.logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        out = self.model(**kwargs)
+        out = self.model(
+            **self.model.prepare_inputs_for_generation(ids, **kwargs), return_dict=True
+        )
         cache = None if self.cacheless else output_cache(out)
         if cache is None and not self.cacheless:
             self.cacheless = True

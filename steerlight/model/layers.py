@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
-_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
+from torch import Tensor, nn
+
+from steerlight.errors import SteerlightError
+
+_LAYER_COUNT_KEYS = ("decoder_layers", "num_hidden_layers", "n_layer", "n_layers", "num_layers")
+"""Config keys of the layer count, first match wins: an encoder-decoder config run as a causal LM
+(``BartForCausalLM``) counts its decoder's layers under ``decoder_layers``."""
 
 
 def num_layers_from_config(model: nn.Module) -> int | None:
@@ -74,3 +80,30 @@ def resolve_layer(model: nn.Module, layer: int) -> int:
             f"use 0..{n - 1} or -{n}..-1"
         )
     return layer % n
+
+
+def layer_hidden_states(output: Any, model_type: str, layer: int, tokens: int | None) -> Tensor:
+    """The hidden states in a decoder layer's output (a tensor, or element 0 of a tuple).
+
+    They must be one residual stream of one position per input token, (batch, `tokens`, hidden)
+    (any length when `tokens` is None): anything else is a `SteerlightError` on one line naming
+    the model type and the reason (``cpmant`` adds positions of its own, ``deepseek_v4`` keeps
+    several residual streams, ``rwkv``'s batched cache step returns (batch, batch, hidden)).
+    """
+    hidden = output[0] if isinstance(output, (tuple, list)) and output else output
+    if not isinstance(hidden, Tensor):
+        why = f"its decoder layer {layer} returns {type(hidden).__name__}, not hidden states"
+    elif hidden.ndim == 4:
+        why = f"its decoder layers keep {hidden.shape[2]} parallel residual streams"
+    elif hidden.ndim == 3 and tokens is not None and hidden.shape[1] > tokens:
+        why = "its decoder layers return more positions than input tokens"
+    elif hidden.ndim == 3 and (tokens is None or hidden.shape[1] == tokens):
+        return hidden
+    else:
+        why = "its decoder layers do not return one hidden state per input token"
+    got = tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__
+    per = f" for {tokens} input tokens" if tokens is not None else ""
+    raise SteerlightError(
+        f"cannot steer {model_type}: {why} (layer {layer} returned {got}{per}; steering needs "
+        f"(batch, {tokens if tokens is not None else 'tokens'}, hidden))"
+    )

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from steerlight.io import atomic_path
-from steerlight.model.layers import decoder_layers
+from steerlight.model.layers import decoder_layers, layer_hidden_states
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,13 @@ def read_layers(
     hooks are removed when the block ends, also on an exception.
     """
     blocks = decoder_layers(model)
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     got: dict[int, Tensor] = {}
 
     def make_hook(i: int) -> Callable:
         def hook(_module, _args, output):
-            hidden = output[0] if isinstance(output, (tuple, list)) else output
-            got[i] = reduce(hidden.float())
+            # one line naming the model type where a layer's output is not (B, T, H)
+            got[i] = reduce(layer_hidden_states(output, model_type, i, None).float())
 
         return hook
 

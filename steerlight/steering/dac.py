@@ -267,7 +267,7 @@ class _Stream:
         self.forward, self.steering, self.table = forward, steering, table
         self.ids, self.mask = ids, mask
         self.alphas = torch.zeros(ids.shape, device=ids.device)
-        self.steps = ids.new_zeros(ids.shape[1])
+        self.steps = torch.zeros(ids.shape[1], dtype=torch.long, device=table.device)
         self.cache: Any = None
         self.cached = 0
 
@@ -282,7 +282,9 @@ class _Stream:
         start = 0 if self.forward.cacheless else self.cached
         self.steering.alpha = self.alphas[:, start:]  # each column keeps its step's steering
         self.steering.vector = self.table[self.steps[start:].clamp(max=len(self.table) - 1)]
-        logits, self.cache = self.forward(self.ids[:, start:], self.mask, self.cache)
+        logits, self.cache = self.forward(
+            self.ids, self.mask, self.cache, self.ids.shape[1] - start
+        )
         self.cached = self.ids.shape[1] if self.cache is not None else 0
         return logits
 
@@ -378,7 +380,7 @@ def dac_generate(
         applied = _Stream(forward, steering, vectors, input_ids[:, :0], attention_mask[:, :0])
         fed, fed_mask = input_ids, attention_mask
         if positions != "all" and prompt_len > 1:  # unsteered columns: shared by the streams
-            applied.feed(input_ids[:, :-1], attention_mask[:, :-1], unfinished.new_zeros(batch), 0)
+            applied.feed(input_ids[:, :-1], attention_mask[:, :-1], pq_alpha.new_zeros(batch), 0)
             fed, fed_mask = input_ids[:, -1:], attention_mask[:, -1:]
         pq = applied.repeated(2)
 

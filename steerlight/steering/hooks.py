@@ -42,9 +42,13 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from steerlight.errors import SteerlightError
 from steerlight.model.generation import CACHE_NAMES, output_cache
-from steerlight.model.layers import decoder_layers, model_type, resolve_layer
+from steerlight.model.layers import (
+    decoder_layers,
+    layer_hidden_states,
+    model_type,
+    resolve_layer,
+)
 
 Positions = Literal["generated", "prompt_end+generated", "all"]
 """Which token positions are steered (see the module docstring)."""
@@ -74,7 +78,9 @@ def _as_vector(vector: Tensor) -> Tensor:
     """A (hidden,) vector, or (T, hidden) vectors, one per column of the chunk in flight."""
     if not isinstance(vector, Tensor) or vector.ndim not in (1, 2):
         shape = tuple(vector.shape) if isinstance(vector, Tensor) else type(vector).__name__
-        raise ValueError(f"the steering vector must be a 1-D tensor (hidden_size,), got {shape}")
+        raise ValueError(
+            f"the steering vector must be (hidden_size,) or (tokens, hidden_size), got {shape}"
+        )
     return vector.detach()
 
 
@@ -287,30 +293,7 @@ class Steering:
             if cache is not None:
                 self._columns.set(cache, end)
 
-    def _layout_error(self, shape: tuple[int, ...], t: int) -> SteerlightError:
-        """The one-line error for a layer output that is not (batch, tokens, hidden)."""
-        if len(shape) == 4:
-            why = f"its decoder layers keep {shape[2]} parallel residual streams"
-        elif len(shape) == 3 and shape[1] > t:
-            why = f"its decoder layers see {shape[1] - t} positions of the model's own per forward"
-        else:
-            why = "its decoder layers do not return one hidden state per input token"
-        return SteerlightError(
-            f"cannot steer {self.model_type}: {why} (layer {self.layer} returned "
-            f"{tuple(shape)} for {t} input tokens; steering needs (batch, {t}, hidden))"
-        )
-
     def _layer_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if isinstance(output, Tensor):
-            h = output
-        elif isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-            h = output[0]
-        else:
-            raise SteerlightError(
-                f"cannot steer {self.model_type}: decoder layer {self.layer} returned "
-                f"{type(output).__name__}; expected a tensor or a tuple whose first element is "
-                "the hidden states"
-            )
         chunk = self._chunk
         if chunk is None:
             raise RuntimeError(
@@ -318,8 +301,7 @@ class Steering:
                 "steer(), so the token positions are unknown; call that model (or model.generate)"
             )
         start, t, valid = chunk
-        if h.ndim != 3 or h.shape[1] != t:
-            raise self._layout_error(tuple(h.shape), t)
+        h = layer_hidden_states(output, self.model_type, self.layer, t)
         first = self.first_column
         if start + t <= first or self._alpha_is_zero():
             return None  # nothing steered in this chunk: leave the output untouched (bit-exact)

@@ -239,3 +239,83 @@ def test_preallocated_layer_grows_and_selects_rows():
     assert layer.get_seq_length() == 4
     keys, _ = layer.update(k2[:1, :, :1], v2[:1, :, :1])
     assert keys.shape == (1, 1, 5, 4)
+
+
+# ---- cache plumbing shared with DAC ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "lfm2", "falcon_h1", "mamba"])
+def test_repeat_cache_rows_equals_running_the_rows(
+    arch, tiny_random_model, tiny_random_tokenizer, batch
+):
+    """Repeating a cache's rows (attention, sliding-window, conv, SSM and hybrid layers) gives
+    the cache of the repeated prompts: the next step's logits agree."""
+    from steerlight.model.generation import ChunkForward, repeat_cache_rows
+
+    model = tiny_random_model(arch)
+    ids, mask = batch
+    rows = torch.tensor([0, 0, 1, 2, 2, 1])
+    forward = ChunkForward(model, padded=True)
+    with torch.no_grad():
+        _, cache = forward(ids[:, :-1], mask[:, :-1], None, ids.shape[1] - 1)
+        repeated = repeat_cache_rows(cache, rows)
+        assert repeated is not None and repeated is not cache
+        got, _ = forward(ids[rows], mask[rows], repeated, 1)
+        _, fresh = forward(ids[rows, :-1], mask[rows, :-1], None, ids.shape[1] - 1)
+        want, _ = forward(ids[rows], mask[rows], fresh, 1)
+        again, _ = forward(ids, mask, cache, 1)  # the original keeps its own rows
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(again, want[[0, 2, 3]], rtol=1e-4, atol=1e-4)
+
+
+def test_repeat_cache_rows_of_preallocated_layers(llama, tiny_random_tokenizer, batch):
+    from steerlight.model.generation import preallocated_cache, repeat_cache_rows
+
+    ids, mask = batch
+    cache = preallocated_cache(llama, ids.shape[1] + 4)
+    with torch.no_grad():
+        llama(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
+    repeated = repeat_cache_rows(cache, torch.tensor([2, 2, 0]))
+    keys = cache.layers[0].keys
+    assert torch.equal(repeated.layers[0].keys, keys[[2, 2, 0]])
+    k = torch.randn(3, *keys.shape[1:-2], 1, keys.shape[-1])
+    new_keys, _ = repeated.layers[0].update(k, k)  # the buffers were rebuilt for 3 rows
+    assert torch.equal(new_keys[:, :, -1:], k) and new_keys.shape[-2] == keys.shape[-2] + 1
+
+
+def test_repeat_cache_rows_refuses_a_models_own_cache(tiny_random_model, batch):
+    """MiniMax keeps its linear-attention state beside the layers, where a reorder misses it."""
+    from steerlight.model.generation import repeat_cache_rows
+
+    model = tiny_random_model("minimax")
+    ids, mask = batch
+    with torch.no_grad():
+        cache = model(input_ids=ids, attention_mask=mask, use_cache=True).cache
+    assert type(cache).__name__ == "MiniMaxCache"
+    assert repeat_cache_rows(cache, torch.tensor([0, 0])) is None
+
+
+def test_chunk_forward_learns_a_model_keeps_no_cache(
+    tiny_random_model, tiny_random_tokenizer, batch, caplog
+):
+    from steerlight.model.generation import ChunkForward
+
+    ids, mask = batch
+    for arch, takes_cache in (("openai-gpt", False), ("recurrent_gemma", True)):
+        model = tiny_random_model(arch)
+        forward = ChunkForward(model, padded=True)
+        assert forward.cacheless is not takes_cache  # openai-gpt: known from its signature
+        with caplog.at_level("INFO", logger="steerlight.model.generation"), torch.no_grad():
+            caplog.clear()
+            logits, cache = forward(ids, mask, None, ids.shape[1])
+            forward(ids, mask, None, ids.shape[1])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate makes them
+            full = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+        assert cache is None and forward.cacheless
+        torch.testing.assert_close(logits, full)
+        notes = [r.getMessage() for r in caplog.records]
+        assert notes == (
+            [f"{arch} returns no cache: every step recomputes the whole sequence"]
+            if takes_cache
+            else []
+        )

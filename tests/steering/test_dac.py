@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 import math
-from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
+from naive_steering import naive_dac
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
 from steerlight.model.generation import GenerationSettings, cut_at_stop, generate
-from steerlight.model.layers import decoder_layers
 from steerlight.steering.dac import (
     DACGeneration,
     dac_alpha,
@@ -33,11 +30,6 @@ LAYER = 1
 HIDDEN = 32
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-
-@cache
-def _load(path: Path) -> nn.Module:
-    return AutoModelForCausalLM.from_pretrained(str(path)).eval()
 
 
 @pytest.fixture
@@ -136,70 +128,7 @@ def test_nucleus_matches_a_full_sort(vocab):
     assert nucleus_mask(probs, 1.0).all()
 
 
-# ---- the naive reference: three full forwards per token, no cache ---------------------------
-
-
-def _column_hook(model: nn.Module, scale: Tensor, vectors: Tensor, valid: Tensor):
-    """Add ``scale[b, c] * vectors[c]`` to layer LAYER's output at every non-pad column c."""
-
-    def hook(_module, _args, output):
-        h = output[0] if isinstance(output, tuple) else output
-        add = (scale * valid)[..., None] * vectors[None].to(h.dtype)
-        h = h + add.to(h.dtype)
-        return (h, *output[1:]) if isinstance(output, tuple) else h
-
-    return decoder_layers(model)[LAYER].register_forward_hook(hook)
-
-
-def _last_logits(model, kwargs: dict, scale: Tensor | None, col_vectors: Tensor) -> Tensor:
-    """Next-token logits of one full forward, steered per column when `scale` (B, S) is given."""
-    if scale is None:
-        return model(**kwargs).logits[:, -1].float()
-    valid = kwargs["attention_mask"].float()
-    handle = _column_hook(model, scale, col_vectors, valid)
-    try:
-        return model(**kwargs).logits[:, -1].float()
-    finally:
-        handle.remove()
-
-
-def _naive_dac(model, ids, mask, vectors, *, alpha_max, top_p, batchmean, positions, steps, pad):
-    """DAC as defined: at every step, three forwards over the whole sequence, no cache.
-
-    Column c is steered with the vector of its step k(c) (the step that first fed it:
-    ``max(c - (P - 1), 0)``) - at ``alpha_max`` in the probe pass and at the strength chosen at
-    step k(c) in the applied pass, as the reference implementation does.
-    """
-    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
-    n, prompt_len = ids.shape
-    first = {"generated": prompt_len, "prompt_end+generated": prompt_len - 1, "all": 0}[positions]
-    history = torch.zeros(n, 0)
-    tokens, alphas = [], []
-    done = torch.zeros(n, dtype=torch.bool)
-    for t in range(steps):
-        cols = torch.arange(ids.shape[1])
-        step_of = (cols - (prompt_len - 1)).clamp(min=0)
-        col_vectors = vectors[step_of.clamp(max=len(vectors) - 1)]
-        steered = (cols >= first).float()[None].expand(n, -1)
-        kwargs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
-        if takes_positions:
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-
-        p = _last_logits(model, kwargs, None, col_vectors)
-        q = _last_logits(model, kwargs, alpha_max * steered, col_vectors)
-        alpha = dac_alpha(p, q, top_p, alpha_max, batchmean)
-        history = torch.cat([history, alpha[:, None]], dim=1)
-        applied = history.gather(1, step_of[None].expand(n, -1).clamp(max=t)) * steered
-        nxt = _last_logits(model, kwargs, applied, col_vectors).argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        alphas.append(torch.where(done, torch.full_like(alpha, float("nan")), alpha))
-        tokens.append(nxt)
-        done = done | (nxt == 2)  # the tiny tokenizer's </s>
-        if done.all():
-            break
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-    return torch.stack(tokens, 1), torch.stack(alphas, 1)
+# ---- the 3-cache generation against the naive reference (three full forwards per token) -----
 
 
 CASES = [
@@ -226,6 +155,7 @@ def test_matches_naive_reference_token_for_token(
     norm,
     alpha_max,
     tiny_random_paths,
+    tiny_random_model,
     tiny_random_tokenizer,
     batch,
 ):
@@ -236,7 +166,7 @@ def test_matches_naive_reference_token_for_token(
         with torch.no_grad():
             model.lm_head.weight.mul_(8.0)
     else:
-        model = _load(tiny_random_paths[arch.removesuffix("-unpadded")])
+        model = tiny_random_model(arch.removesuffix("-unpadded"))
     if arch.endswith("-unpadded"):
         shortest = int(mask.sum(1).min())  # cut every prompt to the shortest: no padding
         ids, mask = ids[:, -shortest:], mask[:, -shortest:]
@@ -257,8 +187,8 @@ def test_matches_naive_reference_token_for_token(
         step_vectors=vectors if per_step else None,
         **kwargs,
     )
-    want_tokens, want_alphas = _naive_dac(
-        model, ids, mask, vectors, steps=steps, pad=tok.pad_token_id, **kwargs
+    want_tokens, want_alphas = naive_dac(
+        model, ids, mask, vectors, layer=LAYER, steps=steps, pad=tok.pad_token_id, **kwargs
     )
     assert isinstance(got, DACGeneration)
     assert torch.equal(got.tokens, want_tokens)
@@ -276,12 +206,12 @@ def test_matches_naive_reference_token_for_token(
     assert not torch.equal(got.tokens, plain)
 
 
-def test_alpha_max_zero_is_exactly_unsteered(tiny_random_paths, tiny_random_tokenizer, batch):
+def test_alpha_max_zero_is_exactly_unsteered(tiny_random_model, tiny_random_tokenizer, batch):
     ids, mask = batch
     tok = tiny_random_tokenizer
     settings = GenerationSettings(max_new_tokens=12)
     for arch in ("llama", "gpt2", "falcon", "bloom", "opt", "gemma2"):
-        model = _load(tiny_random_paths[arch])
+        model = tiny_random_model(arch)
         plain = generate(model, tok, ids, mask, settings)
         for positions in ("prompt_end+generated", "all"):
             vector = _vector(2, 8.0)
@@ -292,7 +222,7 @@ def test_alpha_max_zero_is_exactly_unsteered(tiny_random_paths, tiny_random_toke
             assert got.texts == plain.texts
             assert (got.alphas[~got.alphas.isnan()] == 0).all()
     # without padding (generate then drops the all-ones mask; so does DAC)
-    model = _load(tiny_random_paths["llama"])
+    model = tiny_random_model("llama")
     one = tok(PROMPTS[:1] * 2, return_tensors="pt")
     plain = generate(model, tok, one.input_ids, one.attention_mask, settings)
     got = dac_generate(
@@ -301,9 +231,9 @@ def test_alpha_max_zero_is_exactly_unsteered(tiny_random_paths, tiny_random_toke
     assert torch.equal(got.tokens, plain.tokens)
 
 
-def test_alpha_max_zero_sampling_equals_generate(tiny_random_paths, tiny_random_tokenizer, batch):
+def test_alpha_max_zero_sampling_equals_generate(tiny_random_model, tiny_random_tokenizer, batch):
     ids, mask = batch
-    model = _load(tiny_random_paths["llama"])
+    model = tiny_random_model("llama")
     settings = GenerationSettings(
         max_new_tokens=10, do_sample=True, temperature=1.3, top_p=0.9, seed=5
     )
@@ -315,10 +245,10 @@ def test_alpha_max_zero_sampling_equals_generate(tiny_random_paths, tiny_random_
 
 
 def test_sampling_is_seeded_and_leaves_global_rng_alone(
-    tiny_random_paths, tiny_random_tokenizer, batch
+    tiny_random_model, tiny_random_tokenizer, batch
 ):
     ids, mask = batch
-    model = _load(tiny_random_paths["llama"])
+    model = tiny_random_model("llama")
 
     def sample(seed: int) -> DACGeneration:
         settings = GenerationSettings(max_new_tokens=10, do_sample=True, seed=seed)
@@ -344,13 +274,15 @@ def _stop_string(text: str) -> str | None:
     return None
 
 
-def test_stop_strings_and_eos_finish_rows(tiny_random_paths, tiny_random_tokenizer, batch):
+def test_stop_strings_and_eos_finish_rows(
+    tiny_random_paths, tiny_random_model, tiny_random_tokenizer, batch
+):
     ids, mask = batch
     tok = tiny_random_tokenizer
     settings = GenerationSettings(max_new_tokens=12)
     vector = _vector(4, 8.0)
     for arch in ("llama", "gpt2", "falcon", "qwen2", "opt", "bloom"):
-        model = _load(tiny_random_paths[arch])
+        model = tiny_random_model(arch)
         full = dac_generate(model, tok, ids, mask, LAYER, vector, settings, alpha_max=0.3)
         row = next((i for i, t in enumerate(full.texts) if _stop_string(t)), None)
         if row is not None:
@@ -386,10 +318,10 @@ def test_stop_strings_and_eos_finish_rows(tiny_random_paths, tiny_random_tokeniz
 
 
 def test_hooks_removed_after_generation_and_on_error(
-    tiny_random_paths, tiny_random_tokenizer, batch
+    tiny_random_model, tiny_random_tokenizer, batch
 ):
     ids, mask = batch
-    model = _load(tiny_random_paths["llama"])
+    model = tiny_random_model("llama")
     settings = GenerationSettings(max_new_tokens=3)
     before = _hooks(model)
     with steer(model, LAYER, _vector(5, 8.0), 1.0, prompt_len=ids.shape[1]):
@@ -411,9 +343,9 @@ def test_hooks_removed_after_generation_and_on_error(
     assert _hooks(model) == before
 
 
-def test_single_step_vector_equals_plain_vector(tiny_random_paths, tiny_random_tokenizer, batch):
+def test_single_step_vector_equals_plain_vector(tiny_random_model, tiny_random_tokenizer, batch):
     ids, mask = batch
-    model = _load(tiny_random_paths["gpt2"])
+    model = tiny_random_model("gpt2")
     settings = GenerationSettings(max_new_tokens=6)
     v = _vector(6, 8.0)
     a = dac_generate(model, tiny_random_tokenizer, ids, mask, LAYER, v, settings, alpha_max=0.3)
@@ -448,9 +380,9 @@ def test_step_stats():
 # ---- DAC's own vector source ----------------------------------------------------------------
 
 
-def test_icl_step_vectors_shape_and_hand_check(tiny_random_paths, tiny_random_tokenizer):
+def test_icl_step_vectors_shape_and_hand_check(tiny_random_model, tiny_random_tokenizer):
     tok = tiny_random_tokenizer
-    model = _load(tiny_random_paths["llama"])  # 2 layers: hidden_states[1] is layer 0's output
+    model = tiny_random_model("llama")  # 2 layers: hidden_states[1] is layer 0's output
     icl = ["Q: 3 + 2 =\nA: 5\nQ: 4 + 4 =\nA:", "Q: 1 + 1 =\nA: 2\nQ: 7 + 2 =\nA:"]
     zero = ["Q: 4 + 4 =\nA:", "Q: 7 + 2 =\nA:"]
     conts = [" 8. The answer is 8.", " 9."]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
+import copy
 
 import pytest
 import torch
@@ -26,15 +25,10 @@ ALPHA = 30.0
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
-@cache
-def _load(path: Path) -> nn.Module:
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-
-
 @pytest.fixture
-def model_for(tiny_random_paths):
-    """Load (once per session) the fp32 model of an architecture; tests must not mutate it."""
-    return lambda arch: _load(tiny_random_paths[arch])
+def model_for(tiny_random_model):
+    """The shared fp32 model of an architecture (loaded once per session); do not mutate it."""
+    return tiny_random_model
 
 
 def _vector(model: nn.Module, seed: int = 0) -> torch.Tensor:
@@ -96,6 +90,42 @@ def test_resolve_layer_range(arch, model_for):
             pass
     with pytest.raises(TypeError):
         resolve_layer(model, 1.5)
+
+
+def test_decoder_of_an_encoder_decoder_config_counts_its_own_layers():
+    """``BartForCausalLM`` is only the decoder: its count is `decoder_layers`, not the encoder's."""
+    from transformers import BartConfig
+
+    config = BartConfig(
+        vocab_size=64, d_model=16, encoder_layers=4, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config)
+    assert config.num_hidden_layers == 4
+    assert decoder_layers(model) is model.model.decoder.layers
+
+
+def test_layer_hidden_states_names_the_model_and_the_reason():
+    from steerlight.errors import SteerlightError
+    from steerlight.model.layers import layer_hidden_states
+
+    h = torch.zeros(2, 5, 8)
+    assert layer_hidden_states(h, "llama", 0, 5) is h
+    assert layer_hidden_states((h, None), "llama", 0, None) is h
+    cases = [
+        (torch.zeros(2, 5, 4, 8), 5, "cannot steer m: its decoder layers keep 4 parallel "),
+        (
+            torch.zeros(2, 9, 8),
+            5,
+            "cannot steer m: its decoder layers return more positions than input",
+        ),
+        (torch.zeros(2, 3, 8), 5, "cannot steer m: its decoder layers do not return one hidden"),
+        ({"h": h}, 5, "cannot steer m: its decoder layer 1 returns dict, not hidden states"),
+    ]
+    for output, tokens, start in cases:
+        with pytest.raises(SteerlightError) as err:
+            layer_hidden_states(output, "m", 1, tokens)
+        assert str(err.value).startswith(start) and "\n" not in str(err.value)
 
 
 def test_decoder_layers_prefers_largest_and_errors_clearly():
@@ -269,6 +299,95 @@ def test_kv_cache_steps_use_absolute_columns(positions, padded, model_for, tiny_
     with torch.no_grad():
         plain = model(input_ids=seq, attention_mask=full_mask if padded else None).logits[:, -1]
     assert not torch.allclose(plain, recomputed.logits[:, -1], atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["mamba", "lfm2", "recurrent_gemma"])
+def test_columns_are_counted_without_a_mask(arch, model_for, tiny_random_tokenizer):
+    """No 2D mask on any forward: the columns are counted per cache object (a Mamba cache
+    reports no length; recurrent_gemma returns no cache, so each step recomputes)."""
+    model = model_for(arch)
+    ids, _ = _encode(tiny_random_tokenizer, PROMPTS[:1])
+    v = _vector(model, seed=4)
+    with steer(model, 0, v, 8.0, "generated", prompt_len=ids.shape[1]), torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        seq, cache_ = ids, out.cache if hasattr(out, "cache") else None
+        for _ in range(3):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+            if cache_ is None:  # no cache: every step feeds the whole sequence
+                out = model(input_ids=seq, use_cache=True)
+            else:
+                out = model(input_ids=nxt, cache=cache_, use_cache=True)
+                cache_ = out.cache
+        recomputed = model(input_ids=seq, use_cache=False).logits[:, -1]
+    torch.testing.assert_close(out.logits[:, -1], recomputed, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        plain = model(input_ids=seq, use_cache=False).logits[:, -1]
+    assert not torch.allclose(plain, recomputed, atol=1e-3)
+
+
+def test_cache_filled_outside_the_block_needs_a_length(model_for, tiny_random_tokenizer):
+    """A state-space cache filled before `steer` holds a state but no length: a forward on it
+    without a mask stops, unless the caller says how many columns it holds (`track`)."""
+    model = model_for("mamba")
+    ids, _ = _encode(tiny_random_tokenizer, PROMPTS[:1])
+    v = _vector(model, seed=6)
+    with torch.no_grad():
+        cache_ = model(input_ids=ids[:, :-1], use_cache=True).cache
+        with steer(model, 0, v, 8.0, "prompt_end+generated", prompt_len=ids.shape[1]) as s:
+            with pytest.raises(RuntimeError, match="reports no length"):
+                model(input_ids=ids[:, -1:], cache=copy.deepcopy(cache_))
+            s.track(cache_, ids.shape[1] - 1)
+            tracked = model(input_ids=ids[:, -1:], cache=cache_).logits[:, -1]
+            full = model(input_ids=ids, use_cache=False).logits[:, -1]
+    torch.testing.assert_close(tracked, full, rtol=1e-4, atol=1e-4)
+
+
+def test_per_column_strengths_and_vectors(model_for, tiny_random_tokenizer):
+    """alpha (B, T) and vector (T, H) give each column of the chunk its own steering."""
+    model = model_for("llama")
+    ids, mask = _encode(tiny_random_tokenizer, PROMPTS)
+    b, t = ids.shape
+    hidden = model.config.hidden_size
+    g = torch.Generator().manual_seed(7)
+    alpha, vectors = torch.rand(b, t, generator=g), torch.randn(t, hidden, generator=g)
+
+    def layer0() -> torch.Tensor:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        return out.hidden_states[1]
+
+    base = layer0()
+    with steer(model, 0, vectors[0], 1.0, "all") as steering:
+        steering.alpha, steering.vector = alpha, vectors
+        got = layer0()
+        steering.alpha = torch.ones(b, t + 1)
+        with pytest.raises(ValueError, match="column strengths for a chunk of"):
+            layer0()
+    want = base + (alpha * mask)[..., None] * vectors  # pads never steered
+    torch.testing.assert_close(got, want)
+
+
+def test_column_counter_holds_caches_weakly():
+    import gc
+
+    from steerlight.steering.hooks import _ColumnCounter
+
+    class Cache:  # any object a model passes around as its cache
+        pass
+
+    counter, kept, dropped = _ColumnCounter(), Cache(), Cache()
+    counter.set(kept, 5)
+    counter.set(dropped, 7)
+    counter.set(kept, 6)
+    assert counter.get(kept) == 6 and counter.get(dropped) == 7
+    del dropped
+    gc.collect()
+    counter.set(Cache(), 1)  # dead entries are dropped on the next write
+    assert len(counter._entries) <= 2 and counter.get(kept) == 6
+    state = [torch.zeros(1)]  # lists cannot be weakly referenced: held until replaced
+    counter.set(state, 3)
+    assert counter.get(state) == 3 and counter.get(list(state)) is None
 
 
 def test_alpha_is_mutable_between_forwards(model_for, tiny_random_tokenizer):
