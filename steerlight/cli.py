@@ -148,7 +148,7 @@ class SteerlightCLI(LightningCLI):
         except MisconfigurationException as err:
             raise SteerlightError(f"trainer: {one_line(str(err))}") from None
         except (ValueError, TypeError) as err:
-            raise SteerlightError(_explain(str(err), self.parser)) from None
+            raise SteerlightError(explain(str(err), self.parser)) from None
 
     def _parse_ckpt_path(self) -> None:
         """The model arguments saved in --ckpt_path, except those given as `--model.*` flags.
@@ -173,7 +173,7 @@ class SteerlightCLI(LightningCLI):
         except ArgumentError as err:
             raise SteerlightError(
                 f"checkpoint {path} holds model arguments this steerlight does not accept "
-                f"({_explain(str(err), self.parser)}); fit a new checkpoint"
+                f"({explain(str(err), self.parser)}); fit a new checkpoint"
             ) from None
 
     def _parse(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -183,7 +183,7 @@ class SteerlightCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            raise SteerlightError(_explain(str(err), parser)) from None
+            raise SteerlightError(explain(str(err), parser)) from None
 
 
 def underscore_flags(argv: Sequence[str]) -> list[str]:
@@ -236,7 +236,7 @@ def config_files(argv: list[str]) -> list[str]:
     return files
 
 
-def _explain(message: str, parser: LightningArgumentParser) -> str:
+def explain(message: str, parser: LightningArgumentParser) -> str:
     """jsonargparse's error as one line that says what would be valid."""
     import difflib
     import re

@@ -68,10 +68,16 @@ class PassProgress(Callback):
             self._hook.remove()
             self._hook = None
 
+    # The clock starts at a pass's first batch, after the module's epoch-start work (fitting
+    # the probes at the end of `fit`), which is not the pass's.
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
+        if batch_idx == 0:
+            self._start(_questions(trainer.val_dataloaders), pl_module)
         self._watch_batch(pl_module, "val")
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
+        if batch_idx == 0:
+            self._start(_questions(trainer.test_dataloaders), pl_module)
         self._watch_batch(pl_module, "test")
 
     def on_exception(self, trainer, pl_module, exception) -> None:
@@ -106,17 +112,11 @@ class PassProgress(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._report("train activations", batch, pl_module, "")
 
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(_questions(trainer.val_dataloaders), pl_module)
-
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
         rounds = trainer.max_epochs or 1
         in_rounds = trainer.state.fn == "fit" and rounds > 1  # a search trial's pruning rounds
         what = f"val round {trainer.current_epoch + 1}/{rounds}" if in_rounds else "val"
         self._report(what, batch, pl_module, "val")
-
-    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(_questions(trainer.test_dataloaders), pl_module)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
         self._report("test (steered and baseline)", batch, pl_module, "test")

@@ -2,7 +2,7 @@
 
 `python -m steerlight.search` and `python -m steerlight search` take the same `--config`, the same
 dotted overrides (`--model.*`, `--data.*`, `--trainer.*`) and `--print_config` as `fit`, and
-the `SearchOptions` flags, each under its dash and its underscore spelling.
+the `SearchOptions` flags (`--n_trials`, or `--n-trials`: a dash works in every flag).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _split(cli: SearchCLI, config_name: str) -> tuple[dict, Space, SearchOptions
     parsed = yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
     options = SearchOptions(**{f.name: parsed.get(f.name) for f in _option_fields(parsed)})
     if options.space is not None:
-        spec, origin = _mapping(options.space), options.space
+        spec, origin = read_config(options.space), options.space
     else:
         spec, origin = parsed.get("search"), f"{config_name} (search:)"
     if spec is None:
@@ -91,7 +91,7 @@ def _check_space_values(cli: SearchCLI, run: dict, space: Space, origin: str) ->
     trial: a fixed value or choice the model does not take is one line now, not a FAIL later."""
     from jsonargparse import ArgumentError
 
-    from steerlight.cli import _explain
+    from steerlight.cli import explain
     from steerlight.module import SETTINGS_GROUPS
 
     for name, value in space.values():
@@ -99,7 +99,7 @@ def _check_space_values(cli: SearchCLI, run: dict, space: Space, origin: str) ->
         try:
             cli.parser.parse_object(merge(run, {"model": nest({name: value})}))
         except ArgumentError as err:
-            raise SteerlightError(f"{where}: {_explain(str(err), cli.parser)}") from None
+            raise SteerlightError(f"{where}: {explain(str(err), cli.parser)}") from None
         group, _, field = name.partition(".")
         if field and group in SETTINGS_GROUPS:
             settings = {**(run.get("model", {}).get(group) or {}), field: value}
@@ -113,10 +113,6 @@ def _option_fields(parsed: Mapping[str, Any]):
     return [f for f in dataclasses.fields(SearchOptions) if f.name in parsed]
 
 
-def _mapping(path: str | Path) -> dict:
-    return read_config(path)
-
-
 def parse_search(
     config: str | Path | Mapping[str, Any], args: Mapping[str, Any]
 ) -> tuple[dict, Space, SearchOptions, str]:
@@ -124,7 +120,7 @@ def parse_search(
     if isinstance(config, Mapping):
         base, config_name = dict(config), "search"
     else:
-        base, config_name = _mapping(config), str(config)
+        base, config_name = read_config(config), str(config)
     return _split(_parse(merge(base, args)), config_name)
 
 

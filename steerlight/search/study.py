@@ -1,7 +1,7 @@
-"""A search from start to end: parse the run config and options, then run this worker's trials.
+"""The study loop: the search options, the Optuna study, this worker's trials, the summary.
 
-`search()` (the Python API) and `python -m steerlight.search` (the CLI) both end in
-`run_search`, with a config parsed by the same LightningCLI classes as `steerlight fit`.
+`steerlight.search.search()` (the Python API) and `python -m steerlight.search` (the CLI) both
+parse their input in `steerlight.search.command` and end in `run_search`.
 """
 
 from __future__ import annotations
