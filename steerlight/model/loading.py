@@ -58,8 +58,13 @@ def load_model(
 
 
 def _load_model(name_or_path: str, revision, dtype: DType, trust_remote_code: bool) -> nn.Module:
-    from transformers import AutoModelForCausalLM
+    import sys
 
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    if not sys.stderr.isatty():  # a bar redrawn with carriage returns is noise in a log file
+        hf_logging.disable_progress_bar()
     path = check_model_path(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
