@@ -313,7 +313,8 @@ def test_chunk_forward_learns_a_model_keeps_no_cache(
             full = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
         assert cache is None and forward.cacheless
         torch.testing.assert_close(logits, full)
-        notes = [r.getMessage() for r in caplog.records]
+        # steerlight's own note only (a library's one-time deprecation notice may come too)
+        notes = [r.getMessage() for r in caplog.records if r.name == "steerlight.model.generation"]
         assert notes == (
             [f"{arch} returns no cache: every step recomputes the whole sequence"]
             if takes_cache
