@@ -1,0 +1,104 @@
+"""Row refill (`refill_generate`) gives padded batching's tokens, steered or not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steerlight.model.generation import GenerationSettings, generate
+from steerlight.model.refill import joinable, refill_generate
+from steerlight.steering.hooks import steer
+
+PROMPTS = [
+    "Question: How many cows does the farmer have now?",
+    "Q: 3 + 2 =",
+    "A farmer has 7 cows and buys",
+    "Tom reads",
+    "The answer is 12 because 3 times 4 is",
+]
+ARCHS = ["llama", "gpt2", "gemma2", "lfm2", "falcon_h1", "mamba"]
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def _batch(tokenizer):
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    return enc.input_ids, enc.attention_mask
+
+
+class _EarlyStop:
+    """The tokenizer with one more EOS id (a frequent token), so rows stop at different steps."""
+
+    def __init__(self, tokenizer, eos: int) -> None:
+        self._tok, self.eos_token_id, self.pad_token_id = tokenizer, eos, tokenizer.pad_token_id
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def _early_stop_tokenizer(model, tokenizer, ids, mask):
+    """An EOS id that ends rows at different steps: a token of a free run whose first
+    occurrence varies most across rows (rows without it run to the limit)."""
+    free = generate(model, tokenizer, ids, mask, GenerationSettings(max_new_tokens=12)).tokens
+
+    def spread(token: int) -> int:
+        hits = free == token
+        first = torch.where(hits.any(1), hits.float().argmax(1), torch.tensor(12))
+        return len(set(first.tolist()))
+
+    return _EarlyStop(tokenizer, max(free.unique().tolist(), key=spread))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_refill_gives_padded_batchings_tokens(
+    arch, alpha, tiny_random_model, tiny_random_tokenizer
+):
+    model = tiny_random_model(arch)
+    ids, mask = _batch(tiny_random_tokenizer)
+    settings = GenerationSettings(max_new_tokens=12)
+    hidden = model.config.get_text_config().hidden_size
+    v = torch.randn(hidden, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm()  # strong enough to change tokens, weak enough to keep rows apart
+    with steer(model, 0, v, alpha, prompt_len=ids.shape[1]):
+        tok = _early_stop_tokenizer(model, tiny_random_tokenizer, ids, mask)
+        want = generate(model, tok, ids, mask, settings)
+    with steer(model, 0, v, alpha, prompt_len=ids.shape[1]) as steering:
+        got = refill_generate(model, tok, ids, mask, settings, slots=2, steering=steering)
+    if alpha:  # the steered columns matter: a wrong per-row width would show
+        assert not torch.equal(want.tokens, generate(model, tok, ids, mask, settings).tokens)
+    lengths = (want.tokens != tok.pad_token_id).sum(1)
+    assert lengths.min() < lengths.max(), "rows must stop at different steps"
+    assert torch.equal(got.tokens, want.tokens)
+    assert got.texts == want.texts
+
+
+def test_refill_cuts_at_stop_strings_like_generate(tiny_random_model, tiny_random_tokenizer):
+    model = tiny_random_model("llama")
+    ids, mask = _batch(tiny_random_tokenizer)
+    settings = GenerationSettings(max_new_tokens=12)
+    free = generate(model, tiny_random_tokenizer, ids, mask, settings).texts
+    stop = next(t[2:4] for t in free if len(t.strip()) > 4)  # a string some rows produce
+    want = generate(model, tiny_random_tokenizer, ids, mask, settings, stop_strings=[stop])
+    got = refill_generate(model, tiny_random_tokenizer, ids, mask, settings, [stop], slots=3)
+    assert torch.equal(got.tokens, want.tokens) and got.texts == want.texts
+
+
+def test_sampling_and_cacheless_models_take_generate(tiny_random_model, tiny_random_tokenizer):
+    ids, mask = _batch(tiny_random_tokenizer)
+    for arch, settings in [
+        ("llama", GenerationSettings(max_new_tokens=6, do_sample=True, seed=3)),
+        ("openai-gpt", GenerationSettings(max_new_tokens=6)),
+    ]:
+        model = tiny_random_model(arch)
+        want = generate(model, tiny_random_tokenizer, ids, mask, settings)
+        got = refill_generate(model, tiny_random_tokenizer, ids, mask, settings, slots=2)
+        assert torch.equal(got.tokens, want.tokens)
+
+
+def test_joinable_caches(tiny_random_model, tiny_random_tokenizer):
+    ids, mask = _batch(tiny_random_tokenizer)
+    with torch.no_grad():
+        llama = tiny_random_model("llama")(input_ids=ids, attention_mask=mask, use_cache=True)
+        minimax = tiny_random_model("minimax")(input_ids=ids, attention_mask=mask, use_cache=True)
+    assert joinable(llama.cache) and not joinable(minimax.cache)
