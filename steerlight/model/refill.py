@@ -47,6 +47,10 @@ JOINABLE = (
 knows: keys and values, conv and recurrent states."""
 
 
+MIN_TRIM = 8
+"""Fewest all-pad leading columns worth a copy of the cache to drop (`_trim_pads`)."""
+
+
 def joinable(cache: Any) -> bool:
     """Whether `join_cache_rows` can join rows of this cache exactly."""
     from transformers import cache_utils
@@ -63,14 +67,21 @@ def joinable(cache: Any) -> bool:
 
 
 def join_cache_rows(cache: Any, other: Any) -> None:
-    """Append `other`'s rows to `cache` (in place); both hold the same columns."""
+    """Append `other`'s rows to `cache` (in place).
+
+    Both end at the same column; `other` may hold fewer columns (a shorter prefill): its keys
+    and values get zero columns in front, which the rows' attention masks hide (pads). Conv and
+    recurrent states have no column axis.
+    """
     for mine, theirs in zip(cache.layers, other.layers, strict=True):
         for name in ("keys", "values"):
             a, b = getattr(mine, name, None), getattr(theirs, name, None)
             if isinstance(a, Tensor) and a.numel() and isinstance(b, Tensor):
-                if a.shape[1:] != b.shape[1:]:
+                missing = a.shape[-2] - b.shape[-2]
+                if missing < 0 or a.shape[1:-2] != b.shape[1:-2]:
                     raise ValueError(f"cache rows of shapes {a.shape} and {b.shape} cannot join")
-                setattr(mine, name, torch.cat([a, b]))
+                front = b.new_zeros(*b.shape[:-2], missing, b.shape[-1])
+                setattr(mine, name, torch.cat([a, torch.cat([front, b], dim=-2)]))
         for name in ("conv_states", "recurrent_states"):
             states, more = getattr(mine, name, None), getattr(theirs, name, None)
             if isinstance(states, dict):
@@ -134,8 +145,12 @@ def refill_generate(
     slots = len(prompts) if slots is None else max(1, slots)
     done: dict[int, list[int]] = {}
     active, cache = _Active(input_ids), None
+    # Rows join in groups (a prefill per group, not per finished row), or when nothing runs.
+    group = max(1, slots // 4)
     while queue or active.index:
-        joining, queue = queue[: slots - len(active.index)], queue[slots - len(active.index) :]
+        free = slots - len(active.index)
+        ready = free >= min(group, len(queue)) or not active.index
+        joining, queue = (queue[:free], queue[free:]) if ready else ([], queue)
         logits = None
         if active.index:
             logits, cache = _step(forward, steering, active, cache)
@@ -150,6 +165,8 @@ def refill_generate(
         keep = _advance(active, nxt, eos, tokenizer, stop_strings, settings.max_new_tokens, done)
         if len(keep) < len(active.index):
             _keep_rows(active, cache, keep)
+            if keep:
+                _trim_pads(active, cache, steering)
     return _collect(done, len(prompts), pad_id, tokenizer, stop_strings, input_ids.device)
 
 
@@ -177,20 +194,19 @@ def _join(
     joining: list[int],
     pad_id: int,
 ) -> tuple[Tensor | None, Any]:
-    """Prefill the `joining` prompts at the running width and add them to the active rows.
+    """Prefill the `joining` prompts (padded to the longest of them) and add them to the active
+    rows, whose running width they fit (longest prompts come first).
 
     Returns their next-token logits and the joined cache (None: the cache cannot join rows).
     """
     width = max(len(prompts[i]) for i in joining)
-    if active.index:
-        if width > active.ids.shape[1]:
-            raise AssertionError("prompts are taken longest first, so they fit the running width")
-        width = active.ids.shape[1]
+    running = active.ids.shape[1] if active.index else width
+    if width > running:
+        raise AssertionError("prompts are taken longest first, so they fit the running width")
     ids, mask = _left_pad([prompts[i] for i in joining], width, pad_id)
-    # In `generate` the row's prompt ends at its batch's width; here at `width`: the steered
-    # columns are counted from each row's own prompt end.
-    widths = torch.full((len(joining),), width, dtype=torch.long)
-    _set_widths(steering, widths)
+    # In `generate` the row's prompt ends at its batch's width; here at `width` in its own
+    # prefill and at `running` once joined: the steered columns follow each row's prompt end.
+    _set_widths(steering, torch.full((len(joining),), width, dtype=torch.long))
     logits, new_cache = forward(ids, mask, None, width)
     if not joinable(new_cache):
         return None, None
@@ -199,8 +215,8 @@ def _join(
         active.ids, active.mask = ids[:0], mask[:0]
     else:
         join_cache_rows(cache, new_cache)
-        if steering is not None:
-            steering.track(cache, width)
+    ids, mask = _left_pad([prompts[i] for i in joining], running, pad_id)
+    widths = torch.full((len(joining),), running, dtype=torch.long)
     active.index += joining
     active.ids = torch.cat([active.ids, ids])
     active.mask = torch.cat([active.mask, mask])
@@ -242,6 +258,27 @@ def _keep_rows(active: _Active, cache: Any, keep: list[int]) -> None:
     active.new = [active.new[i] for i in keep]
     active.ids, active.mask = active.ids[index], active.mask[index]
     active.prompt_len = active.prompt_len[index.cpu()]
+
+
+def _trim_pads(active: _Active, cache: Any, steering: Any) -> None:
+    """Drop the leading columns that are padding in every row (left by rows that finished).
+
+    Masked columns change no row's attention and positions come from the mask, so this is
+    exact; it keeps decoding as narrow as padded batching. Skipped for sliding-window layers,
+    whose kept columns follow the window, not the width.
+    """
+    pads = int((active.mask.shape[1] - active.mask.sum(1)).min())
+    if pads < MIN_TRIM or any("Sliding" in type(layer).__name__ for layer in cache.layers):
+        return  # a copy of the cache is worth it only for a few columns at once
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, Tensor) and t.numel():
+                setattr(layer, name, t[..., pads:, :])
+    active.ids, active.mask = active.ids[:, pads:], active.mask[:, pads:]
+    active.prompt_len = active.prompt_len - pads
+    if steering is not None:  # for forwards without a mask (Mamba): the cache's columns
+        steering.track(cache, active.ids.shape[1] - 1)
 
 
 def _collect(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from steerlight.model import refill
 from steerlight.model.generation import GenerationSettings, generate
 from steerlight.model.refill import joinable, refill_generate
 from steerlight.steering.hooks import steer
@@ -51,9 +52,13 @@ def _early_stop_tokenizer(model, tokenizer, ids, mask):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
+@pytest.mark.parametrize("min_trim", [refill.MIN_TRIM, 1])
 def test_refill_gives_padded_batchings_tokens(
-    arch, alpha, tiny_random_model, tiny_random_tokenizer
+    arch, alpha, min_trim, tiny_random_model, tiny_random_tokenizer, monkeypatch
 ):
+    """Rows stop at different steps, slots are refilled, and (min_trim=1) the columns every
+    row pads are dropped: the tokens are still those of padded batching, steered or not."""
+    monkeypatch.setattr(refill, "MIN_TRIM", min_trim)
     model = tiny_random_model(arch)
     ids, mask = _batch(tiny_random_tokenizer)
     settings = GenerationSettings(max_new_tokens=12)
