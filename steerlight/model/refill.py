@@ -13,8 +13,8 @@ Steered rows that joined at different columns get their own prompt widths
 (`Steering.prompt_len` as a (rows,) tensor), so the same columns are steered as in `generate`.
 
 Prompts are taken longest first, so a later prompt always fits in the running width. Sampling,
-and caches whose rows cannot be joined (a model's own cache class or layer kind, static caches,
-models without a cache), use `generate` unchanged.
+per-row steering strengths (their rows would move), and caches whose rows cannot be joined (a
+model's own cache class or layer kind, static caches, models without a cache) use `generate`.
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ def refill_generate(
         settings.do_sample
         or forward.cacheless
         or forward.cache_name not in ("cache", "past_key_values")
+        or (steering is not None and steering.alpha.numel() > 1)  # per-row strengths: rows move
     ):
         return _fallback(model, tokenizer, input_ids, attention_mask, settings, stop_strings)
     eos = set(stop_token_ids(model, tokenizer))

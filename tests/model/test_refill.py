@@ -107,3 +107,39 @@ def test_joinable_caches(tiny_random_model, tiny_random_tokenizer):
         llama = tiny_random_model("llama")(input_ids=ids, attention_mask=mask, use_cache=True)
         minimax = tiny_random_model("minimax")(input_ids=ids, attention_mask=mask, use_cache=True)
     assert joinable(llama.cache) and not joinable(minimax.cache)
+
+
+def test_per_row_prompt_widths_steer_each_rows_own_columns(
+    tiny_random_model, tiny_random_tokenizer
+):
+    """A (rows,) prompt_len steers each row from its own column: row i as if alone."""
+    model = tiny_random_model("llama")
+    ids, mask = _batch(tiny_random_tokenizer)
+    v = torch.ones(model.config.hidden_size)
+    widths = torch.tensor([ids.shape[1], 3, ids.shape[1], 5, 2])
+    with torch.no_grad():
+        with steer(model, 0, v, 1.0, "generated", prompt_len=widths):
+            both = model(input_ids=ids, attention_mask=mask).logits
+        for i, width in enumerate(widths.tolist()):
+            with steer(model, 0, v, 1.0, "generated", prompt_len=width):
+                alone = model(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1]).logits
+            torch.testing.assert_close(both[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="rows"), steer(model, 0, v, 1.0, prompt_len=3) as s:
+        s.prompt_len = torch.tensor([[3]])
+    with pytest.raises(ValueError, match="prompt widths"), torch.no_grad():
+        with steer(model, 0, v, 1.0, prompt_len=torch.tensor([3, 3])):
+            model(input_ids=ids, attention_mask=mask)
+
+
+def test_per_row_strengths_take_generate(tiny_random_model, tiny_random_tokenizer):
+    model = tiny_random_model("llama")
+    ids, mask = _batch(tiny_random_tokenizer)
+    settings = GenerationSettings(max_new_tokens=6)
+    alpha = torch.linspace(0, 2, len(PROMPTS))
+    v = torch.ones(model.config.hidden_size)
+    with steer(model, 0, v, alpha, prompt_len=ids.shape[1]) as steering:
+        want = generate(model, tiny_random_tokenizer, ids, mask, settings)
+        got = refill_generate(
+            model, tiny_random_tokenizer, ids, mask, settings, slots=2, steering=steering
+        )
+    assert torch.equal(got.tokens, want.tokens)
