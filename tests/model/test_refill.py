@@ -143,3 +143,28 @@ def test_per_row_strengths_take_generate(tiny_random_model, tiny_random_tokenize
             model, tiny_random_tokenizer, ids, mask, settings, slots=2, steering=steering
         )
     assert torch.equal(got.tokens, want.tokens)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mamba"])
+@pytest.mark.parametrize("positions", ["generated", "prompt_end+generated", "all"])
+def test_steered_generate_is_unchanged_by_refill(
+    arch, positions, tiny_random_model, tiny_random_tokenizer, monkeypatch
+):
+    """The module's CAA path (`steered_generate`, now on refill) gives `steer` + `generate`'s
+    tokens for every rule of steered positions (Mamba: columns counted, no mask)."""
+    from steerlight.steering import apply
+    from steerlight.steering.dac import DACSettings
+
+    monkeypatch.setattr(refill, "MIN_TRIM", 1)
+    model = tiny_random_model(arch)
+    ids, mask = _batch(tiny_random_tokenizer)
+    settings = GenerationSettings(max_new_tokens=10)
+    hidden = model.config.get_text_config().hidden_size
+    v = torch.randn(hidden, generator=torch.Generator().manual_seed(1))
+    v = v / v.norm()
+    with steer(model, 0, v, 1.0, positions, prompt_len=ids.shape[1]):
+        tok = _early_stop_tokenizer(model, tiny_random_tokenizer, ids, mask)
+        want = generate(model, tok, ids, mask, settings)
+    config = apply.SteeringConfig("caa", 0, 1.0, positions, "none", DACSettings())
+    got = apply.steered_generate(model, tok, ids, mask, config, v, settings, ())
+    assert torch.equal(got.tokens, want.tokens)
