@@ -139,8 +139,9 @@ def refill_generate(
         or (steering is not None and steering.alpha.numel() > 1)  # per-row strengths: rows move
     ):
         return _fallback(model, tokenizer, input_ids, attention_mask, settings, stop_strings)
-    eos = set(stop_token_ids(model, tokenizer))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    eos_ids = stop_token_ids(model, tokenizer)
+    eos = set(eos_ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     prompts = [row[m.bool()] for row, m in zip(input_ids, attention_mask, strict=True)]
     queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first
     slots = len(prompts) if slots is None else max(1, slots)
