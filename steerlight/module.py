@@ -19,9 +19,10 @@ from steerlight.eval import figures
 from steerlight.eval.metrics import Accuracy
 from steerlight.eval.report import paired_record
 from steerlight.io import steerlight_home
-from steerlight.model.generation import GenerationSettings, generate
+from steerlight.model.generation import GenerationSettings
 from steerlight.model.layers import resolve_layer
 from steerlight.model.loading import DType, load_model, load_tokenizer, weights_fingerprint
+from steerlight.model.refill import refill_generate
 from steerlight.steering.activations import ActivationCache, ReadPosition
 from steerlight.steering.apply import Method, SteeringConfig, steered_generate
 from steerlight.steering.caa import Normalization, scale_vectors
@@ -254,7 +255,7 @@ class SteeredLM(pl.LightningModule):
             memo = self.generation_memo if self.generation_memo is not None else {}
             if key in memo:
                 return memo[key]
-            gen = memo[key] = generate(*args, self.settings, stop_strings=self.preset.stop)
+            gen = memo[key] = refill_generate(*args, self.settings, self.preset.stop)
         self.generated_tokens += int((gen.tokens != self.tokenizer.pad_token_id).sum())
         return gen
 

@@ -19,6 +19,11 @@ hits both alike, and reports medians. One module per part, in this folder:
 5. ``pruning`` (`pruning.py`): a 20-trial `steerlight.search` with the median pruner vs
    ``pruner="none"``, counting generated tokens. Target >= 35% fewer tokens, best val accuracy
    within one question.
+6. ``cache`` (`cache.py`): plain generation with each KV cache (steerlight's own, if any, and
+   Transformers' dynamic and static) on the random model (``--batch``, ``--new-tokens``) and
+   on the tiny one (``--trial-batch`` val questions, ``--search-max-new-tokens``).
+7. ``refill`` (`refill.py`): a val pass with row refill vs padded batching, same tokens, on
+   both models. Target >= 1.5x.
 
 Parts 1, 3 and 4 use a random-weight Llama (default about 58M parameters; ``--hidden``,
 ``--layers`` scale it up on a GPU). Random weights never stop on their own, so their
@@ -51,20 +56,30 @@ from typing import Any
 
 import torch
 from bench_models import RandomBench, random_bench, resolve_tiny
+from cache import bench_cache
 from common import DTYPES, ROOT, Result, machine, markdown
 from dac_cost import dac_contenders, dac_result
 from extraction import bench_activations
 from generation import CAA, Contender, generation_batch, timed_generation
 from hook import hook_contenders, hook_result
 from pruning import bench_pruning
+from refill import bench_refill
 from trial import bench_trial
 
 # The parts import steerlight inside their functions, so this comes in time for all of them.
 if str(ROOT) not in sys.path:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
-PARTS = ("hook", "trial", "activations", "dac", "pruning")
-ORDER = ("hook_overhead", "trial_cost", "activation_extraction", "dac_vs_caa", "pruning")
+PARTS = ("hook", "trial", "activations", "dac", "pruning", "cache", "refill")
+ORDER = (
+    "hook_overhead",
+    "trial_cost",
+    "activation_extraction",
+    "dac_vs_caa",
+    "pruning",
+    "cache",
+    "refill",
+)
 """The report's order of results, one per part."""
 
 
@@ -243,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
-        if {"hook", "dac", "activations"} & set(args.parts):
+        if {"hook", "dac", "activations", "cache", "refill"} & set(args.parts):
             bench = random_bench(args, device)
             if {"hook", "dac"} & set(args.parts):
                 _progress("generation: plain, CAA, DAC", started)
@@ -251,8 +266,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if "activations" in args.parts:
                 _progress("activation extraction", started)
                 results.append(bench_activations(args, device, bench))
-        if {"trial", "pruning"} & set(args.parts):
+        if {"trial", "pruning", "cache", "refill"} & set(args.parts):
             tiny, what = resolve_tiny(args, workdir)
+            if "cache" in args.parts:
+                _progress("KV caches: steerlight's vs Transformers' dynamic and static", started)
+                results.append(bench_cache(args, device, bench, tiny))
+            if "refill" in args.parts:
+                _progress("row refill: a val pass vs padded batching", started)
+                results.append(bench_refill(args, device, bench, tiny))
             if "trial" in args.parts:
                 _progress("one trial: steerlight vs naive", started)
                 results.append(bench_trial(args, device, tiny, what))

@@ -66,7 +66,7 @@ def hook_result(
         {k: v for k, v in times.items() if "DAC" not in k},
         {
             **gen.setup,
-            # steerlight's generate without hooks vs HF's (wrapper, in-place KV cache)
+            # steerlight's generate without hooks vs HF's (the wrapper alone)
             "wrapper_ratio": med[UNSTEERED] / med[PLAIN],
             # the hooks alone: the same steerlight generate with and without `steer`
             "hook_only_ratio": med[CAA] / med[UNSTEERED],

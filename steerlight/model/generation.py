@@ -7,10 +7,9 @@ default leaks into an experiment and Transformers prints no "both max_new_tokens
 max_length" style warnings. Steering hooks (`steerlight.steering.hooks.steer`) work unchanged
 inside it.
 
-The KV cache is Transformers' own `DynamicCache`, except that its full-attention layers write
-into buffers sized for the whole generation (`PreallocatedLayer`) instead of concatenating at
-every step: `scripts/bench.py` profiled ``torch.cat`` of the cache at 20-50% of a batched val
-pass on a CPU, since each step copied every cached key and value once more.
+The KV cache is Transformers' default one: a hand-made in-place cache and Transformers' static
+cache were timed against it (``python scripts/bench --parts cache``) and neither won clearly on
+both bench models, so the simplest stays.
 
 For decoding loops of their own (DAC), `ChunkForward` runs a forward with exactly the inputs
 ``generate`` would pass and learns whether the model keeps a cache at all, and
@@ -152,117 +151,6 @@ def _generation_config(
     )
 
 
-try:  # the cache layer that concatenates at every step (Transformers 5)
-    from transformers.cache_utils import DynamicLayer as _DynamicLayer
-except ImportError:  # older Transformers: no per-layer cache objects, nothing to replace
-    _DynamicLayer = None
-
-if _DynamicLayer is not None:
-
-    class PreallocatedLayer(_DynamicLayer):
-        """A `DynamicLayer` whose keys and values live in buffers of `capacity` positions.
-
-        `update` writes the new positions in place and returns views of the filled part, so
-        attention sees exactly what `DynamicLayer` would give it, without copying the cache
-        at every step. Past `capacity` the buffers double (never the case inside `generate`,
-        which sizes them for the prompt plus ``max_new_tokens``).
-        """
-
-        def __init__(self, capacity: int) -> None:
-            super().__init__()
-            self.capacity = int(capacity)
-            self._length = 0
-
-        def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
-            super().lazy_initialization(key_states, value_states)
-            self._keys = self._buffer(key_states, self.capacity)
-            self._values = self._buffer(value_states, self.capacity)
-            self._length = 0
-
-        @staticmethod
-        def _buffer(like: Tensor, length: int) -> Tensor:
-            return like.new_empty(*like.shape[:-2], length, like.shape[-1])
-
-        def _grow(self, needed: int) -> None:
-            length = max(needed, 2 * self._keys.shape[-2])
-            for name in ("_keys", "_values"):
-                old = getattr(self, name)
-                new = self._buffer(old, length)
-                new[..., : self._length, :] = old[..., : self._length, :]
-                setattr(self, name, new)
-
-        def update(
-            self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
-        ) -> tuple[Tensor, Tensor]:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            end = self._length + key_states.shape[-2]
-            if end > self._keys.shape[-2]:
-                self._grow(end)
-            self._keys[..., self._length : end, :] = key_states
-            self._values[..., self._length : end, :] = value_states
-            self._length = end
-            self.keys = self._keys[..., :end, :]
-            self.values = self._values[..., :end, :]
-            return self.keys, self.values
-
-        def reset(self) -> None:
-            super().reset()
-            self._length = 0
-
-        def crop(self, tokens_to_remove: int) -> None:
-            super().crop(tokens_to_remove)
-            if self.is_initialized:
-                self._length = self.keys.shape[-2]
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            self._rebuild_from(lambda t: t.repeat_interleave(repeats, dim=0))
-
-        def batch_select_indices(self, indices: Tensor) -> None:
-            self._rebuild_from(lambda t: t[indices, ...])
-
-        def reorder_cache(self, beam_idx: Tensor) -> None:
-            self._rebuild_from(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-        def _rebuild_from(self, edit) -> None:
-            """Apply a batch edit to the filled part and copy it into fresh buffers."""
-            if not self.is_initialized or self._length == 0:
-                return
-            keys, values = edit(self.keys), edit(self.values)
-            self._keys = self._buffer(keys, self._keys.shape[-2])
-            self._values = self._buffer(values, self._values.shape[-2])
-            self._length = 0
-            self.update(keys, values)
-
-
-def preallocated_cache(model: nn.Module, capacity: int) -> Any | None:
-    """A `DynamicCache` for `model` whose full-attention layers hold `capacity` positions.
-
-    None (Transformers then builds its default cache) where the model does not use the
-    default dynamic cache, where no layer is a plain `DynamicLayer` (sliding-window and other
-    layer kinds are kept as they are), or on Transformers versions without cache layers.
-    """
-    if _DynamicLayer is None:
-        return None
-    from transformers.cache_utils import DynamicCache
-
-    supports = getattr(model, "_supports_default_dynamic_cache", None)
-    config = getattr(model, "config", None)
-    if config is None or (callable(supports) and not supports()):
-        return None
-    try:
-        cache = DynamicCache(config=config)
-    except Exception:  # an unusual config: fall back to Transformers' own choice
-        return None
-    layers = getattr(cache, "layers", None)
-    if not layers or not any(type(layer) is _DynamicLayer for layer in layers):
-        return None
-    cache.layers = [
-        PreallocatedLayer(capacity) if type(layer) is _DynamicLayer else layer for layer in layers
-    ]
-    return cache
-
-
 CACHE_NAMES = ("cache", "past_key_values", "state", "mems", "past_buckets_states")
 """Forward arguments (and output fields) that carry a model's cache, across architectures."""
 
@@ -287,21 +175,17 @@ def repeat_cache_rows(cache: Any, index: Tensor) -> Any | None:
 
     Done by ``reorder_cache`` (the beam-search reorder every Transformers cache layer implements,
     conv and SSM states included) on a deep copy, and only for Transformers' own `DynamicCache`
-    made of its own dynamic layer kinds (or `PreallocatedLayer`): a model's own cache class or
+    made of its own dynamic layer kinds: a model's own cache class or
     layer kind (``minimax``, ``deepseek_v4``) may keep state that a reorder misses. Callers
     recompute the rows instead where this returns None.
     """
-    if _DynamicLayer is None:
-        return None
     from transformers import cache_utils
 
     if type(cache) is not cache_utils.DynamicCache:
         return None
     for layer in cache.layers:
         own = type(layer).__module__ == cache_utils.__name__
-        if not (own or isinstance(layer, PreallocatedLayer)) or isinstance(
-            layer, cache_utils.StaticLayer
-        ):
+        if not own or isinstance(layer, cache_utils.StaticLayer):
             return None
     copied = copy.deepcopy(cache)
     copied.reorder_cache(index)
@@ -389,12 +273,6 @@ def generate(
     fork_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
 
     own_config = getattr(model, "generation_config", None)
-    cache_kwargs = {}
-    name = cache_argument(model)
-    if name in ("cache", "past_key_values"):  # a `Cache` object, not a model's own state
-        cache = preallocated_cache(model, input_ids.shape[1] + settings.max_new_tokens)
-        if cache is not None:
-            cache_kwargs[name] = cache
     with torch.random.fork_rng(devices=fork_devices, enabled=settings.do_sample):
         if settings.do_sample:
             torch.manual_seed(settings.seed)
@@ -406,7 +284,6 @@ def generate(
                 attention_mask=attention_mask,
                 generation_config=config,
                 tokenizer=tokenizer if stop_strings else None,
-                **cache_kwargs,
             )
         finally:
             model.generation_config = own_config

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from steerlight.model.generation import Generation, GenerationSettings, generate
+from steerlight.model.generation import Generation, GenerationSettings
+from steerlight.model.refill import refill_generate
 from steerlight.steering.dac import DACSettings, dac_generate
 from steerlight.steering.hooks import Positions, steer
 
@@ -56,10 +57,14 @@ def steered_generate(
     stop_strings: Sequence[str],
     step_vectors: Tensor | None = None,
 ) -> Generation:
-    """Completions for a left-padded batch, steered as `config` says (CAA hooks or DAC)."""
+    """Completions for a left-padded batch, steered as `config` says (CAA hooks or DAC).
+
+    Plain and CAA generation decode with row refill (`refill_generate`: a finished row is no
+    longer decoded; the same tokens as padded batching); DAC keeps its own loop.
+    """
     args = (model, tokenizer, input_ids, attention_mask)
     if not config.steers:
-        return generate(*args, settings, stop_strings=stop_strings)
+        return refill_generate(*args, settings, stop_strings)
     if config.method == "dac":
         return dac_generate(
             *args,
@@ -74,5 +79,7 @@ def steered_generate(
             step_vectors=step_vectors,
         )
     width = input_ids.shape[1]
-    with steer(model, config.layer, vector, config.alpha, config.positions, prompt_len=width):
-        return generate(*args, settings, stop_strings=stop_strings)
+    with steer(
+        model, config.layer, vector, config.alpha, config.positions, prompt_len=width
+    ) as steering:
+        return refill_generate(*args, settings, stop_strings, steering=steering)

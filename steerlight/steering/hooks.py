@@ -192,13 +192,8 @@ class Steering:
     ) -> None:
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
-        if positions != "all":
-            if prompt_len is None:
-                raise ValueError(
-                    f"positions={positions!r} needs prompt_len (the padded prompt width)"
-                )
-            if prompt_len < 1:
-                raise ValueError(f"prompt_len must be >= 1, got {prompt_len}")
+        if positions != "all" and prompt_len is None:
+            raise ValueError(f"positions={positions!r} needs prompt_len (the padded prompt width)")
         if not isinstance(vector, Tensor) or vector.ndim != 1:
             shape = tuple(vector.shape) if isinstance(vector, Tensor) else type(vector).__name__
             raise ValueError(
@@ -207,7 +202,7 @@ class Steering:
         self.layer = layer
         self.vector = vector
         self.positions: Positions = positions
-        self.prompt_len = prompt_len
+        self.prompt_len = prompt_len  # type: ignore[assignment]  (the setter checks it)
         self.model_type = model_type
         self.alpha = alpha  # type: ignore[assignment]  (the setter normalises it)
         self._columns = _ColumnCounter()
@@ -236,12 +231,28 @@ class Steering:
         self._vector = _as_vector(value)
 
     @property
-    def first_column(self) -> int:
-        """The first absolute column that is steered."""
+    def prompt_len(self) -> int | Tensor | None:
+        """The padded prompt width: an int, or a (B,) tensor giving each row its own (a decoding
+        loop whose rows joined at different columns); assign it between forward passes."""
+        return self._prompt_len
+
+    @prompt_len.setter
+    def prompt_len(self, value: int | Tensor | None) -> None:
+        if isinstance(value, Tensor):
+            if value.ndim != 1 or bool((value < 1).any()):
+                raise ValueError("a prompt_len tensor must be (rows,) of widths >= 1")
+            value = value.detach().long()
+        elif value is not None and value < 1:
+            raise ValueError(f"prompt_len must be >= 1, got {value}")
+        self._prompt_len = value
+
+    @property
+    def first_column(self) -> int | Tensor:
+        """The first absolute column that is steered (a (B,) tensor for per-row widths)."""
         if self.positions == "all":
             return 0
-        assert self.prompt_len is not None
-        return self.prompt_len - (1 if self.positions == "prompt_end+generated" else 0)
+        assert self._prompt_len is not None
+        return self._prompt_len - (1 if self.positions == "prompt_end+generated" else 0)
 
     def track(self, cache: Any, columns: int) -> None:
         """Declare that `cache` holds the first `columns` columns of the sequence.
@@ -303,7 +314,8 @@ class Steering:
         start, t, valid = chunk
         h = layer_hidden_states(output, self.model_type, self.layer, t)
         first = self.first_column
-        if start + t <= first or self._alpha_is_zero():
+        earliest = int(first.min()) if isinstance(first, Tensor) else first
+        if start + t <= earliest or self._alpha_is_zero():
             return None  # nothing steered in this chunk: leave the output untouched (bit-exact)
         steered = torch.addcmul(h, self._scale(h, start, t, valid), self._vector_for(h, t))
         if isinstance(output, Tensor):
@@ -332,7 +344,12 @@ class Steering:
             raise ValueError(f"alpha has {a.shape[1]} column strengths for a chunk of {t} tokens")
         scale = a if a.ndim == 2 else a[:, None]  # (B | 1, T | 1)
         first = self.first_column
-        if start < first:  # the chunk straddles the first steered column (a prompt pass)
+        if isinstance(first, Tensor):  # per row: (B, T)
+            if first.shape[0] != h.shape[0]:
+                raise ValueError(f"{first.shape[0]} prompt widths for a batch of {h.shape[0]} rows")
+            cols = torch.arange(start, start + t, device=h.device) >= first.to(h.device)[:, None]
+            scale = scale * cols.to(h.dtype)
+        elif start < first:  # the chunk straddles the first steered column (a prompt pass)
             cols = torch.arange(start, start + t, device=h.device) >= first
             scale = scale * cols.to(h.dtype)
         if valid is not None:
@@ -358,8 +375,8 @@ def steer(
         vector: (hidden_size,) steering vector, any dtype/device (cast inside the hook).
         alpha: a float, or a (B,) tensor of per-row strengths; mutable via the yielded object.
         positions: which positions are steered (see `Positions`).
-        prompt_len: the padded prompt width (columns of the prompt); required unless
-            ``positions == "all"``.
+        prompt_len: the padded prompt width (columns of the prompt), or a (B,) tensor of
+            per-row widths; required unless ``positions == "all"``.
 
     Yields the `Steering` object; hooks are removed on exit, also when an exception is raised.
     """

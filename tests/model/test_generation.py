@@ -204,43 +204,6 @@ def test_right_padding_rejected(llama, tiny_random_tokenizer, batch):
         )
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2", "bloom"])
-def test_preallocated_cache_gives_the_default_caches_tokens(
-    arch, tiny_random_paths, tiny_random_tokenizer, batch, monkeypatch
-):
-    """The in-place cache (gemma2 mixes it with sliding-window layers) changes no token."""
-    import steerlight.model.generation as generation
-
-    model = _load(tiny_random_paths[arch])
-    ids, mask = batch
-    assert generation.preallocated_cache(model, 8) is not None
-    settings = GenerationSettings(max_new_tokens=6)
-    ours = generate(model, tiny_random_tokenizer, ids, mask, settings)
-    monkeypatch.setattr(generation, "preallocated_cache", lambda *_: None)
-    default = generate(model, tiny_random_tokenizer, ids, mask, settings)
-    assert torch.equal(ours.tokens, default.tokens)
-
-
-def test_preallocated_layer_grows_and_selects_rows():
-    from steerlight.model.generation import PreallocatedLayer
-
-    layer = PreallocatedLayer(capacity=3)
-    k, v = torch.randn(2, 1, 2, 4), torch.randn(2, 1, 2, 4)
-    layer.update(k, v)
-    k2, v2 = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
-    keys, values = layer.update(k2, v2)  # past the capacity: the buffers grow
-    assert torch.equal(keys, torch.cat([k, k2], -2)) and torch.equal(values, torch.cat([v, v2], -2))
-    assert layer.get_seq_length() == 5
-    layer.batch_select_indices(torch.tensor([1]))
-    assert torch.equal(layer.keys, torch.cat([k, k2], -2)[1:])
-    keys, _ = layer.update(k2[:1, :, :1], v2[:1, :, :1])
-    assert keys.shape == (1, 1, 6, 4) and torch.equal(keys[:, :, -1], k2[:1, :, 0])
-    layer.crop(-2)
-    assert layer.get_seq_length() == 4
-    keys, _ = layer.update(k2[:1, :, :1], v2[:1, :, :1])
-    assert keys.shape == (1, 1, 5, 4)
-
-
 # ---- cache plumbing shared with DAC ---------------------------------------------------------
 
 
@@ -266,21 +229,6 @@ def test_repeat_cache_rows_equals_running_the_rows(
         again, _ = forward(ids, mask, cache, 1)  # the original keeps its own rows
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(again, want[[0, 2, 3]], rtol=1e-4, atol=1e-4)
-
-
-def test_repeat_cache_rows_of_preallocated_layers(llama, tiny_random_tokenizer, batch):
-    from steerlight.model.generation import preallocated_cache, repeat_cache_rows
-
-    ids, mask = batch
-    cache = preallocated_cache(llama, ids.shape[1] + 4)
-    with torch.no_grad():
-        llama(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
-    repeated = repeat_cache_rows(cache, torch.tensor([2, 2, 0]))
-    keys = cache.layers[0].keys
-    assert torch.equal(repeated.layers[0].keys, keys[[2, 2, 0]])
-    k = torch.randn(3, *keys.shape[1:-2], 1, keys.shape[-1])
-    new_keys, _ = repeated.layers[0].update(k, k)  # the buffers were rebuilt for 3 rows
-    assert torch.equal(new_keys[:, :, -1:], k) and new_keys.shape[-2] == keys.shape[-2] + 1
 
 
 def test_repeat_cache_rows_refuses_a_models_own_cache(tiny_random_model, batch):

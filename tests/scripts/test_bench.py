@@ -16,7 +16,15 @@ import torch
 from conftest import ROOT, subprocess_env
 
 BENCH = ROOT / "scripts" / "bench"
-BENCHMARKS = {"hook_overhead", "trial_cost", "activation_extraction", "dac_vs_caa", "pruning"}
+BENCHMARKS = {
+    "hook_overhead",
+    "trial_cost",
+    "activation_extraction",
+    "dac_vs_caa",
+    "pruning",
+    "cache",
+    "refill",
+}
 
 
 def test_quick_benchmark_writes_every_ratio(tmp_path: Path, gsm8k_dir: Path) -> None:
@@ -51,7 +59,9 @@ def test_quick_benchmark_writes_every_ratio(tmp_path: Path, gsm8k_dir: Path) -> 
 
     table = out.with_suffix(".md").read_text()
     assert "| benchmark | ratio | target | met | measured |" in table
-    assert len([line for line in table.splitlines() if line.startswith("| ")]) == 2 + 5
+    assert len([line for line in table.splitlines() if line.startswith("| ")]) == 2 + len(
+        BENCHMARKS
+    )
     written = {p.name for p in tmp_path.iterdir()}
     assert written == {"bench.json", "bench.md"}, "nothing else lands in the caller's folder"
 

@@ -1,0 +1,302 @@
+"""Greedy generation with row refill: when a row stops, its slot takes the next prompt.
+
+`refill_generate` takes the same left-padded batch as `generate` and returns the same
+`Generation`, but decodes it with at most `slots` rows at a time: a finished row leaves the
+cache (``reorder_cache``, the beam-search reorder every Transformers cache layer implements)
+and the next prompts are prefilled on their own, left-padded to the running width, and joined
+to the cache row-wise (`join_cache_rows`). No step decodes a finished row.
+
+Why the tokens are those of padded batching: each row sees only its own columns (pads are
+masked, position ids come from the mask), so a row's greedy tokens do not depend on its
+neighbours or its padding; the tests check this against `generate` on several architectures.
+Steered rows that joined at different columns get their own prompt widths
+(`Steering.prompt_len` as a (rows,) tensor), so the same columns are steered as in `generate`.
+
+Prompts are taken longest first, so a later prompt always fits in the running width. Sampling,
+per-row steering strengths (their rows would move), and caches whose rows cannot be joined (a
+model's own cache class or layer kind, static caches, models without a cache) use `generate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from steerlight.model.generation import (
+    ChunkForward,
+    Generation,
+    GenerationSettings,
+    check_left_padded,
+    cut_at_stop,
+    generate,
+    stop_token_ids,
+)
+
+JOINABLE = (
+    "DynamicLayer",
+    "DynamicSlidingWindowLayer",
+    "LinearAttentionLayer",
+    "LinearAttentionAndFullAttentionLayer",
+    "LinearAttentionAndSlidingWindowAttentionLayer",
+)
+"""Transformers' cache layers whose state is a set of (rows, ...) tensors `join_cache_rows`
+knows: keys and values, conv and recurrent states."""
+
+
+MIN_TRIM = 8
+"""Fewest all-pad leading columns worth a copy of the cache to drop (`_trim_pads`)."""
+
+
+def joinable(cache: Any) -> bool:
+    """Whether `join_cache_rows` can join rows of this cache exactly."""
+    from transformers import cache_utils
+
+    layers = getattr(cache, "layers", None)
+    return (
+        type(cache) is cache_utils.DynamicCache
+        and bool(layers)
+        and all(
+            type(layer).__name__ in JOINABLE and type(layer).__module__ == cache_utils.__name__
+            for layer in layers
+        )
+    )
+
+
+def join_cache_rows(cache: Any, other: Any) -> None:
+    """Append `other`'s rows to `cache` (in place).
+
+    Both end at the same column; `other` may hold fewer columns (a shorter prefill): its keys
+    and values get zero columns in front, which the rows' attention masks hide (pads). Conv and
+    recurrent states have no column axis.
+    """
+    for mine, theirs in zip(cache.layers, other.layers, strict=True):
+        for name in ("keys", "values"):
+            a, b = getattr(mine, name, None), getattr(theirs, name, None)
+            if isinstance(a, Tensor) and a.numel() and isinstance(b, Tensor):
+                missing = a.shape[-2] - b.shape[-2]
+                if missing < 0 or a.shape[1:-2] != b.shape[1:-2]:
+                    raise ValueError(f"cache rows of shapes {a.shape} and {b.shape} cannot join")
+                front = b.new_zeros(*b.shape[:-2], missing, b.shape[-1])
+                setattr(mine, name, torch.cat([a, torch.cat([front, b], dim=-2)]))
+        for name in ("conv_states", "recurrent_states"):
+            states, more = getattr(mine, name, None), getattr(theirs, name, None)
+            if isinstance(states, dict):
+                for i, a in states.items():
+                    if isinstance(a, Tensor):
+                        states[i] = torch.cat([a, more[i]])
+
+
+def _left_pad(rows: Sequence[Tensor], width: int, pad_id: int) -> tuple[Tensor, Tensor]:
+    """(ids, mask) of unpadded 1-D prompts, each left-padded to `width` columns."""
+    ids = rows[0].new_full((len(rows), width), pad_id)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = row
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+class _Active:
+    """The rows in flight: their question index, ids, mask, prompt widths and new tokens."""
+
+    def __init__(self, ids: Tensor) -> None:
+        self.index: list[int] = []
+        self.ids = ids[:0, :0]
+        self.mask = ids[:0, :0]
+        self.prompt_len = torch.zeros(0, dtype=torch.long)
+        self.new: list[list[int]] = []
+
+
+@torch.no_grad()
+def refill_generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    settings: GenerationSettings | None = None,
+    stop_strings: Sequence[str] = (),
+    slots: int | None = None,
+    steering: Any = None,
+) -> Generation:
+    """`generate`'s completions, decoded `slots` rows at a time with row refill.
+
+    Args:
+        slots: rows decoded at once (default: all; fewer is where refill saves work).
+        steering: the `Steering` of an active `steer` block on `model`, whose prompt widths
+            this loop sets per row (its ``prompt_len`` must be the batch's padded width).
+    """
+    settings = settings or GenerationSettings()
+    check_left_padded(input_ids, attention_mask)
+    forward = ChunkForward(model, padded=True)
+    if (
+        settings.do_sample
+        or forward.cacheless
+        or forward.cache_name not in ("cache", "past_key_values")
+        or (steering is not None and steering.alpha.numel() > 1)  # per-row strengths: rows move
+    ):
+        return _fallback(model, tokenizer, input_ids, attention_mask, settings, stop_strings)
+    eos_ids = stop_token_ids(model, tokenizer)
+    eos = set(eos_ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    prompts = [row[m.bool()] for row, m in zip(input_ids, attention_mask, strict=True)]
+    queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first
+    slots = len(prompts) if slots is None else max(1, slots)
+    done: dict[int, list[int]] = {}
+    active, cache = _Active(input_ids), None
+    # Rows join in groups (a prefill per group, not per finished row), or when nothing runs.
+    group = max(1, slots // 4)
+    while queue or active.index:
+        free = slots - len(active.index)
+        ready = free >= min(group, len(queue)) or not active.index
+        joining, queue = (queue[:free], queue[free:]) if ready else ([], queue)
+        logits = None
+        if active.index:
+            logits, cache = _step(forward, steering, active, cache)
+        if joining:
+            new_logits, cache = _join(forward, steering, active, cache, prompts, joining, pad_id)
+            if cache is None:  # not joinable: the whole batch the plain way
+                return _fallback(
+                    model, tokenizer, input_ids, attention_mask, settings, stop_strings
+                )
+            logits = new_logits if logits is None else torch.cat([logits, new_logits])
+        nxt = logits.argmax(-1)
+        keep = _advance(active, nxt, eos, tokenizer, stop_strings, settings.max_new_tokens, done)
+        if len(keep) < len(active.index):
+            _keep_rows(active, cache, keep)
+            if keep:
+                _trim_pads(active, cache, steering)
+    return _collect(done, len(prompts), pad_id, tokenizer, stop_strings, input_ids.device)
+
+
+def _fallback(model, tokenizer, input_ids, attention_mask, settings, stop_strings) -> Generation:
+    return generate(model, tokenizer, input_ids, attention_mask, settings, stop_strings)
+
+
+def _set_widths(steering: Any, widths: Tensor) -> None:
+    if steering is not None:
+        steering.prompt_len = widths
+
+
+def _step(forward: ChunkForward, steering: Any, active: _Active, cache: Any) -> tuple[Tensor, Any]:
+    """One decoding step of the active rows (their last token is not in the cache yet)."""
+    _set_widths(steering, active.prompt_len)
+    return forward(active.ids, active.mask, cache, 1)
+
+
+def _join(
+    forward: ChunkForward,
+    steering: Any,
+    active: _Active,
+    cache: Any,
+    prompts: list[Tensor],
+    joining: list[int],
+    pad_id: int,
+) -> tuple[Tensor | None, Any]:
+    """Prefill the `joining` prompts (padded to the longest of them) and add them to the active
+    rows, whose running width they fit (longest prompts come first).
+
+    Returns their next-token logits and the joined cache (None: the cache cannot join rows).
+    """
+    width = max(len(prompts[i]) for i in joining)
+    running = active.ids.shape[1] if active.index else width
+    if width > running:
+        raise AssertionError("prompts are taken longest first, so they fit the running width")
+    ids, mask = _left_pad([prompts[i] for i in joining], width, pad_id)
+    # In `generate` the row's prompt ends at its batch's width; here at `width` in its own
+    # prefill and at `running` once joined: the steered columns follow each row's prompt end.
+    _set_widths(steering, torch.full((len(joining),), width, dtype=torch.long))
+    logits, new_cache = forward(ids, mask, None, width)
+    if not joinable(new_cache):
+        return None, None
+    if not active.index:  # nothing in flight: the new rows' cache is the cache
+        cache = new_cache
+        active.ids, active.mask = ids[:0], mask[:0]
+    else:
+        join_cache_rows(cache, new_cache)
+    ids, mask = _left_pad([prompts[i] for i in joining], running, pad_id)
+    widths = torch.full((len(joining),), running, dtype=torch.long)
+    active.index += joining
+    active.ids = torch.cat([active.ids, ids])
+    active.mask = torch.cat([active.mask, mask])
+    active.prompt_len = torch.cat([active.prompt_len, widths])
+    active.new += [[] for _ in joining]
+    return logits, cache
+
+
+def _advance(
+    active: _Active,
+    nxt: Tensor,
+    eos: set[int],
+    tokenizer: PreTrainedTokenizerBase,
+    stop_strings: Sequence[str],
+    max_new_tokens: int,
+    done: dict[int, list[int]],
+) -> list[int]:
+    """Append the next tokens; move finished rows to `done`. Returns the rows that go on."""
+    keep = []
+    for i, tok in enumerate(nxt.tolist()):
+        new = active.new[i]
+        new.append(tok)
+        text = tokenizer.decode(new, skip_special_tokens=True) if stop_strings else ""
+        if tok in eos or len(new) >= max_new_tokens or any(s and s in text for s in stop_strings):
+            done[active.index[i]] = new
+        else:
+            keep.append(i)
+    active.ids = torch.cat([active.ids, nxt[:, None].to(active.ids)], dim=1)
+    active.mask = torch.cat([active.mask, torch.ones_like(active.mask[:, :1])], dim=1)
+    return keep
+
+
+def _keep_rows(active: _Active, cache: Any, keep: list[int]) -> None:
+    """Only the rows `keep` stay in flight (and in the cache)."""
+    index = torch.tensor(keep, dtype=torch.long, device=active.ids.device)
+    if keep:
+        cache.reorder_cache(index)
+    active.index = [active.index[i] for i in keep]
+    active.new = [active.new[i] for i in keep]
+    active.ids, active.mask = active.ids[index], active.mask[index]
+    active.prompt_len = active.prompt_len[index.cpu()]
+
+
+def _trim_pads(active: _Active, cache: Any, steering: Any) -> None:
+    """Drop the leading columns that are padding in every row (left by rows that finished).
+
+    Masked columns change no row's attention and positions come from the mask, so this is
+    exact; it keeps decoding as narrow as padded batching. Skipped for sliding-window layers,
+    whose kept columns follow the window, not the width.
+    """
+    pads = int((active.mask.shape[1] - active.mask.sum(1)).min())
+    if pads < MIN_TRIM or any("Sliding" in type(layer).__name__ for layer in cache.layers):
+        return  # a copy of the cache is worth it only for a few columns at once
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, Tensor) and t.numel():
+                setattr(layer, name, t[..., pads:, :])
+    active.ids, active.mask = active.ids[:, pads:], active.mask[:, pads:]
+    active.prompt_len = active.prompt_len - pads
+    if steering is not None:  # for forwards without a mask (Mamba): the cache's columns
+        steering.track(cache, active.ids.shape[1] - 1)
+
+
+def _collect(
+    done: dict[int, list[int]],
+    n: int,
+    pad_id: int,
+    tokenizer: PreTrainedTokenizerBase,
+    stop_strings: Sequence[str],
+    device: torch.device,
+) -> Generation:
+    """The `Generation` of rows 0..n-1, padded like `generate`'s (pad id after a row ends)."""
+    width = max(len(done[i]) for i in range(n))
+    tokens = torch.full((n, width), pad_id, dtype=torch.long, device=device)
+    for i in range(n):
+        tokens[i, : len(done[i])] = torch.tensor(done[i], dtype=torch.long)
+    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    if stop_strings:
+        texts = [cut_at_stop(t, stop_strings) for t in texts]
+    return Generation(tokens=tokens, texts=texts)
