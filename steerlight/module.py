@@ -24,7 +24,7 @@ from steerlight.model.layers import resolve_layer
 from steerlight.model.loading import DType, load_model, load_tokenizer, weights_fingerprint
 from steerlight.model.refill import refill_generate
 from steerlight.steering.activations import ActivationCache, ReadPosition
-from steerlight.steering.apply import Method, SteeringConfig, steered_generate
+from steerlight.steering.apply import Method, SteeringConfig, steered_generate, steers
 from steerlight.steering.caa import Normalization, scale_vectors
 from steerlight.steering.dac import DACGeneration, DACSettings
 from steerlight.steering.fit import (
@@ -158,9 +158,7 @@ class SteeredLM(pl.LightningModule):
     @property
     def steers(self) -> bool:
         """Whether generation differs from the unsteered model at all."""
-        hp = self.hparams
-        strength = self.dac.alpha_max if hp.method == "dac" else hp.alpha
-        return hp.method != "none" and strength != 0
+        return steers(self.hparams.method, self.hparams.alpha, self.dac)
 
     def steering_config(self) -> SteeringConfig:
         hp = self.hparams

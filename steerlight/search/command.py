@@ -148,9 +148,12 @@ def search(
     `overrides` are dotted keys as on the command line (``{"data.limit_val": 40}``); `options`
     are `SearchOptions` fields (``n_trials=20``, ``study_name="caa"``, ``root=...``).
     """
+    from steerlight.console import lightning_banners_once
+
     args = nest(overrides or {})
     args.update(options)
-    return run_search(*parse_search(config, args))
+    with lightning_banners_once():  # parsing and every trial's Trainer print them
+        return run_search(*parse_search(config, args))
 
 
 def run(argv: list[str]):

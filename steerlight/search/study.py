@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from steerlight.console import lightning_banners_once
 from steerlight.errors import SteerlightError, one_line
 from steerlight.io import ensure_writable_dir
 from steerlight.layout import StudyFolder, check_study_name
@@ -198,7 +197,7 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
         search = Search(config, space, folder, rounds=options.rounds)
         lock = StudyLock(storage, name)
         try:
-            with reuse_loaded_models(), lightning_banners_once():
+            with reuse_loaded_models():
                 if space.needs_probes:
                     search.probe_auc = search.fit_probes()
                 space.check_study(study, search.probe_auc)

@@ -17,6 +17,12 @@ from steerlight.steering.hooks import Positions, steer
 Method = Literal["none", "caa", "dac"]
 
 
+def steers(method: Method, alpha: float, dac: DACSettings) -> bool:
+    """Whether `method` at these strengths changes generation at all (strength 0 does not)."""
+    strength = dac.alpha_max if method == "dac" else alpha
+    return method != "none" and strength != 0
+
+
 @dataclass(frozen=True)
 class SteeringConfig:
     """What is steered, where and how strongly (a fitted vector is passed separately)."""
@@ -31,8 +37,7 @@ class SteeringConfig:
     @property
     def steers(self) -> bool:
         """Whether generation differs from the unsteered model at all."""
-        strength = self.dac.alpha_max if self.method == "dac" else self.alpha
-        return self.method != "none" and strength != 0
+        return steers(self.method, self.alpha, self.dac)
 
     def summary(self) -> dict[str, Any]:
         """What steers, as the verdict records it (only the active method's strength)."""
