@@ -323,9 +323,10 @@ class SteeredLM(pl.LightningModule):
         self.log(f"{stage}/acc", values["strict"], prog_bar=True)  # shown at the end of fit
         total = self.metrics[stage].strict.total.float()  # this rank's count
         self.log(f"{stage}/questions", total, sync_dist=True, reduce_fx="sum")
-        # the x-axis of these scalars: the round (a search trial's val shard), not the
-        # optimizer step, which stays 0 for closed-form vectors
-        self.log("step", float(self.current_epoch))
+        if self.trainer.state.fn == "fit":  # (validate/test: no rounds, no `step` in the table)
+            # the x-axis of these scalars: the round (a search trial's val shard), not the
+            # optimizer step, which stays 0 for closed-form vectors
+            self.log("step", float(self.current_epoch))
         writer = _tensorboard(self)
         if writer is not None:
             figures.log_stage(

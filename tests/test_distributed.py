@@ -16,6 +16,18 @@ def llama(tiny_llama_dir) -> Path:
     return tiny_llama_dir
 
 
+class CloseProcessGroup(pl.Callback):
+    """Ends gloo in each spawned worker before it exits: a worker that exits with gloo's threads
+    still running can abort ("terminate called without an active exception")."""
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        import torch.distributed as dist
+
+        if trainer.world_size > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
 def evaluate(model_dir: Path, tmp_path: Path, devices: int) -> dict[str, float]:
     dm = GSM8KDataModule(
         source="synthetic",
@@ -37,6 +49,7 @@ def evaluate(model_dir: Path, tmp_path: Path, devices: int) -> dict[str, float]:
         enable_progress_bar=False,
         enable_checkpointing=False,
         default_root_dir=str(tmp_path),
+        callbacks=[CloseProcessGroup()],
     )
     val = trainer.validate(module, dm)[0]
     test = trainer.test(module, dm)[0]
