@@ -23,7 +23,7 @@ def naive_dac(
 ) -> Tensor:
     """DAC by definition: three full forwards over the whole sequence per token, no cache."""
     from steerlight.model.layers import decoder_layers
-    from steerlight.steering.dac import dac_alpha
+    from steerlight.steering.dac_strength import dac_alpha
 
     def last_logits(ids: Tensor, mask: Tensor, scale: Tensor | None) -> Tensor:
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)

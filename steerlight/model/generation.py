@@ -13,7 +13,8 @@ both bench models, so the simplest stays.
 
 For decoding loops of their own (DAC), `ChunkForward` runs a forward with exactly the inputs
 ``generate`` would pass and learns whether the model keeps a cache at all, and
-`repeat_cache_rows` copies a cache's rows where that is exact for every layer kind.
+`repeat_cache_rows` copies a cache's rows where that is exact for every layer kind
+(`reorderable`), and `StopMatcher` checks stop strings on a row's last tokens only.
 """
 
 from __future__ import annotations
@@ -100,21 +101,32 @@ def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     return text[:cut]
 
 
-def stop_on_strings(
-    tokenizer: PreTrainedTokenizerBase,
-    nxt: Tensor,
-    rows: list[list[int]],
-    unfinished: Tensor,
-    stop_strings: Sequence[str],
-) -> None:
-    """Mark rows whose text now contains a stop string as finished (in place)."""
-    live = unfinished.tolist()
-    for i, tok in enumerate(nxt.tolist()):
-        rows[i].append(tok)
-        if live[i]:
-            text = tokenizer.decode(rows[i], skip_special_tokens=True)
-            if any(s and s in text for s in stop_strings):
-                unfinished[i] = False
+class StopMatcher:
+    """Whether a row's text contains one of `stop_strings`, decoding only its last tokens.
+
+    A stop string that newly appears ends in the newest token's text, so the last
+    ``longest + 8`` tokens hold it; the whole row is decoded only when their text is too short
+    for that (special tokens decode to nothing, and a partial decode may differ in its first
+    characters). This keeps a step's check O(1) in the row's length instead of O(length).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stop_strings if s]
+        self.longest = max(map(len, self.stops), default=0)
+        self.tail = self.longest + 8
+
+    def __call__(self, row: list[int]) -> bool:
+        """Whether the text of `row` (token ids, newest last) contains a stop string."""
+        if not self.stops:
+            return False
+        decode = self.tokenizer.decode
+        text = decode(row[-self.tail :], skip_special_tokens=True)
+        if len(row) > self.tail:
+            newest = decode(row[-1:], skip_special_tokens=True)
+            if len(text) < self.longest + len(newest) + 2:
+                text = decode(row, skip_special_tokens=True)
+        return any(s in text for s in self.stops)
 
 
 def _generation_config(
@@ -170,23 +182,25 @@ def output_cache(output: Any) -> Any:
     return next((c for c in (getattr(output, n, None) for n in CACHE_NAMES) if c is not None), None)
 
 
-def repeat_cache_rows(cache: Any, index: Tensor) -> Any | None:
-    """A copy of `cache` holding its rows `index` (e.g. each row twice), or None.
-
-    Done by ``reorder_cache`` (the beam-search reorder every Transformers cache layer implements,
-    conv and SSM states included) on a deep copy, and only for Transformers' own `DynamicCache`
-    made of its own dynamic layer kinds: a model's own cache class or
-    layer kind (``minimax``, ``deepseek_v4``) may keep state that a reorder misses. Callers
-    recompute the rows instead where this returns None.
-    """
+def reorderable(cache: Any) -> bool:
+    """Whether ``cache.reorder_cache`` moves every bit of its state: Transformers' own
+    `DynamicCache` made of its own dynamic layer kinds (attention, sliding-window, state-space
+    and hybrid). A model's own cache class or layer kind (``minimax``, ``deepseek_v4``) may keep
+    state that a reorder misses."""
     from transformers import cache_utils
 
-    if type(cache) is not cache_utils.DynamicCache:
+    return type(cache) is cache_utils.DynamicCache and all(
+        type(layer).__module__ == cache_utils.__name__
+        and not isinstance(layer, cache_utils.StaticLayer)
+        for layer in cache.layers
+    )
+
+
+def repeat_cache_rows(cache: Any, index: Tensor) -> Any | None:
+    """A copy of `cache` holding its rows `index` (e.g. each row twice), or None where the cache
+    is not `reorderable` (callers then recompute the rows)."""
+    if not reorderable(cache):
         return None
-    for layer in cache.layers:
-        own = type(layer).__module__ == cache_utils.__name__
-        if not own or isinstance(layer, cache_utils.StaticLayer):
-            return None
     copied = copy.deepcopy(cache)
     copied.reorder_cache(index)
     return copied

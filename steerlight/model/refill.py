@@ -30,6 +30,7 @@ from steerlight.model.generation import (
     ChunkForward,
     Generation,
     GenerationSettings,
+    StopMatcher,
     check_left_padded,
     cut_at_stop,
     generate,
@@ -146,6 +147,7 @@ def refill_generate(
     queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first
     slots = len(prompts) if slots is None else max(1, slots)
     done: dict[int, list[int]] = {}
+    stopped = StopMatcher(tokenizer, stop_strings)
     active, cache = _Active(input_ids), None
     # Rows join in groups (a prefill per group, not per finished row), or when nothing runs.
     group = max(1, slots // 4)
@@ -164,7 +166,7 @@ def refill_generate(
                 )
             logits = new_logits if logits is None else torch.cat([logits, new_logits])
         nxt = logits.argmax(-1)
-        keep = _advance(active, nxt, eos, tokenizer, stop_strings, settings.max_new_tokens, done)
+        keep = _advance(active, nxt, eos, stopped, settings.max_new_tokens, done)
         if len(keep) < len(active.index):
             _keep_rows(active, cache, keep)
             if keep:
@@ -231,8 +233,7 @@ def _advance(
     active: _Active,
     nxt: Tensor,
     eos: set[int],
-    tokenizer: PreTrainedTokenizerBase,
-    stop_strings: Sequence[str],
+    stopped: StopMatcher,
     max_new_tokens: int,
     done: dict[int, list[int]],
 ) -> list[int]:
@@ -241,8 +242,7 @@ def _advance(
     for i, tok in enumerate(nxt.tolist()):
         new = active.new[i]
         new.append(tok)
-        text = tokenizer.decode(new, skip_special_tokens=True) if stop_strings else ""
-        if tok in eos or len(new) >= max_new_tokens or any(s and s in text for s in stop_strings):
+        if tok in eos or len(new) >= max_new_tokens or stopped(new):
             done[active.index[i]] = new
         else:
             keep.append(i)

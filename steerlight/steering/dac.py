@@ -54,7 +54,9 @@ layer kinds (attention, sliding-window, state-space and hybrid layers alike,
 `steerlight.model.generation.repeat_cache_rows`); with any other cache the ``pq`` streams
 recompute the shared prefix in their first forward. A model that returns no cache
 (``openai-gpt``; ``recurrent_gemma`` keeps its state in its own modules) is run without one:
-every forward recomputes the whole sequence (O(T^2), said once in the log).
+every forward recomputes the whole sequence (O(T^2), said once in the log). A row that ends
+(greedy decoding) leaves all three streams by the same reorder, so no step decodes it again; a
+cache that cannot reorder keeps it, its tokens discarded.
 
 Exactness. Each cached forward computes the same function as the naive full forward at its
 last position: the cached keys/values of every column were computed with the same steering
@@ -76,7 +78,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
@@ -85,12 +86,14 @@ from steerlight.model.generation import (
     ChunkForward,
     Generation,
     GenerationSettings,
+    StopMatcher,
     check_left_padded,
     cut_at_stop,
+    reorderable,
     repeat_cache_rows,
-    stop_on_strings,
     stop_token_ids,
 )
+from steerlight.steering.dac_strength import clip_alpha, dac_kl
 from steerlight.steering.hooks import POSITIONS, Positions, Steering, steer
 
 DACVectors = Literal["caa", "icl"]
@@ -123,111 +126,6 @@ class DACSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.steps < 0 or self.icl_examples < 1:
             raise ValueError("steps must be >= 0 and icl_examples >= 1")
-
-
-# ---- the strength rule ----------------------------------------------------------------------
-
-
-_LOG_FLOOR = -80.0
-"""Log-probabilities are floored here before exp (see `dac_kl`)."""
-_BUCKETS = 2048
-_BUCKET_SPAN = 40.0
-"""Nats below a row's most likely token that the buckets of `nucleus_mask` cover."""
-
-
-def nucleus_mask(probs: Tensor, top_p: float) -> Tensor:
-    """Boolean mask (B, V) of the top-p nucleus: the smallest set of most likely tokens whose
-    cumulative probability reaches `top_p`. The most likely token is always kept.
-
-    No full sort: tokens are bucketed by log-probability (2048 buckets over 40 nats below the
-    row's max, the rest in the last one). Buckets above the one where the cumulative mass
-    reaches `top_p` are in, those below are out, and only that edge bucket is sorted. This costs
-    a few passes over the vocabulary even for flat distributions, where the nucleus holds most
-    of the vocabulary and a sort would dominate a decoding step on CPU.
-    """
-    rows = torch.arange(probs.shape[0], device=probs.device)
-    top1 = probs.argmax(-1)
-    if top_p >= 1.0:
-        return torch.ones_like(probs, dtype=torch.bool)
-    if top_p <= 0.0:
-        return torch.zeros_like(probs, dtype=torch.bool).index_put_((rows, top1), rows >= 0)
-    log_p = probs.log()
-    depth = (log_p.amax(-1, keepdim=True) - log_p) * (_BUCKETS / _BUCKET_SPAN)
-    bucket = depth.clamp(max=_BUCKETS - 1).long()  # 0 holds the most likely tokens
-    exact = probs.double()  # masses in float64: no rounding trouble near top_p = 1
-    mass = exact.new_zeros(probs.shape[0], _BUCKETS).scatter_add_(1, bucket, exact)
-    before = F.pad(mass.cumsum(-1)[:, :-1], (1, 0))  # mass of all more likely buckets
-    crossing = (before < top_p) & (before + mass >= top_p)
-    # the edge bucket (none when the total mass stays below top_p: every token is in)
-    edge = torch.where(crossing.any(-1), crossing.int().argmax(-1), _BUCKETS)[:, None]
-    mask = bucket < edge
-    in_edge = bucket == edge
-    width = int(in_edge.sum(-1).max())
-    if width:
-        # the edge bucket's tokens, most likely first (padded with -1 where a row has fewer)
-        vals, idx = torch.where(in_edge, probs, -1.0).topk(width, dim=-1)
-        ours = vals >= 0
-        vals = torch.where(ours, exact.gather(1, idx), 0.0)
-        start = before.gather(1, edge.clamp(max=_BUCKETS - 1))
-        mass_before = start + F.pad(vals.cumsum(-1)[:, :-1], (1, 0))
-        keep = ((mass_before < top_p) & ours) | mask.gather(1, idx)
-        mask.scatter_(1, idx, keep)
-    mask[rows, top1] = True  # never empty
-    return mask
-
-
-def dac_kl(p_logits: Tensor, q_logits: Tensor, top_p: float, batchmean: bool = False) -> Tensor:
-    """KL(p || q) restricted to the union of both top-p nuclei, both renormalised there: (B,).
-
-    With `batchmean` the KL is divided by the size of that union.
-    """
-    if p_logits.shape != q_logits.shape:
-        raise ValueError(
-            f"p and q logits differ in shape: {tuple(p_logits.shape)} vs {tuple(q_logits.shape)}"
-        )
-    if not 0.0 <= top_p <= 1.0:
-        raise ValueError(f"top_p must be in [0, 1], got {top_p}")
-    log_p, log_q = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)
-    # Floored before exp: below e^-80 exp gives denormal floats, ~50x slower on CPU. Such tokens
-    # hold < 1e-30 of the mass, so no nucleus, mass or KL changes in float32.
-    p, q = log_p.clamp(min=_LOG_FLOOR).exp(), log_q.clamp(min=_LOG_FLOOR).exp()
-    union = nucleus_mask(p, top_p) | nucleus_mask(q, top_p)
-    zero = torch.zeros((), device=p.device)
-    mass_p = torch.where(union, p, zero).sum(-1)
-    mass_q = torch.where(union, q, zero).sum(-1)
-    # renormalised on U: p_U = p / mass_p, q_U = q / mass_q, so
-    # KL(p_U || q_U) = sum_U p (log p - log q) / mass_p - log mass_p + log mass_q
-    support = union & (log_p > float("-inf"))  # 0 log 0 = 0
-    cross = torch.where(support, p * (log_p - log_q), zero).sum(-1)
-    kl = cross / mass_p - mass_p.log() + mass_q.log()
-    if batchmean:
-        kl = kl / union.sum(-1)
-    return kl
-
-
-def clip_alpha(kl: Tensor, alpha_max: float) -> Tensor:
-    """``clip(kl, 0, alpha_max)``; a negative `alpha_max` gives ``-clip(kl, 0, |alpha_max|)``."""
-    bound = abs(float(alpha_max))
-    return kl.clamp(0.0, bound) * (-1.0 if alpha_max < 0 else 1.0)
-
-
-def dac_alpha(
-    p_logits: Tensor,
-    q_logits: Tensor,
-    top_p: float,
-    alpha_max: float,
-    batchmean: bool = False,
-) -> Tensor:
-    """DAC's strength per row: ``clip(KL(p || q) on U, 0, alpha_max)``, shape (B,).
-
-    Args:
-        p_logits: (B, V) unsteered next-token logits.
-        q_logits: (B, V) next-token logits steered at `alpha_max`.
-        top_p: nucleus mass; U is the union of the nuclei of ``softmax(p)`` and ``softmax(q)``.
-        alpha_max: the upper clip (the sign is kept for a negative value).
-        batchmean: divide the KL by ``|U|`` (the reference code's ``batchmean``).
-    """
-    return clip_alpha(dac_kl(p_logits, q_logits, top_p, batchmean), alpha_max)
 
 
 # ---- generation -----------------------------------------------------------------------------
@@ -300,6 +198,25 @@ class _Stream:
         return twin
 
 
+def _drop_finished(streams: tuple[_Stream, _Stream], unfinished: Tensor) -> Tensor | None:
+    """Remove finished rows from the applied and the p/q streams (whose row i is rows 2i and
+    2i+1). Returns the rows kept, or None where a cache cannot drop rows exactly (a model's own
+    cache class: its finished rows go on being decoded, their tokens discarded)."""
+    applied, pq = streams
+    if not all(s.cache is None or reorderable(s.cache) for s in streams):
+        return None
+    keep = unfinished.nonzero().squeeze(1)
+    for stream, rows in ((applied, keep), (pq, torch.stack([2 * keep, 2 * keep + 1], 1).view(-1))):
+        if stream.cache is not None:
+            stream.cache.reorder_cache(rows)
+        stream.ids, stream.mask, stream.alphas = (
+            stream.ids[rows],
+            stream.mask[rows],
+            stream.alphas[rows],
+        )
+    return keep
+
+
 def _vector_table(vector: Tensor | None, step_vectors: Tensor | None) -> Tensor:
     """(S, H): the vector of step t is row ``min(t, S - 1)``."""
     if (vector is None) == (step_vectors is None):
@@ -369,11 +286,13 @@ def dac_generate(
         generator = torch.Generator(device=device).manual_seed(settings.seed)
 
     pq_alpha = torch.tensor([0.0, float(alpha_max)], device=device).repeat(batch)
-    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    live = torch.arange(batch, device=device)  # the rows still in the streams
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)  # of the live rows
+    stopped = StopMatcher(tokenizer, stop_strings)
+    rows: list[list[int]] = [[] for _ in range(batch)]
     tokens: list[Tensor] = []
     alphas: list[Tensor] = []
     kls: list[Tensor] = []
-    rows: list[list[int]] = [[] for _ in range(batch)]
 
     with steer(model, layer, vectors[0], 0.0, positions, prompt_len=prompt_len) as steering:
         forward = ChunkForward(model, padded=not bool(attention_mask.all()))
@@ -385,10 +304,14 @@ def dac_generate(
         pq = applied.repeated(2)
 
         for t in range(settings.max_new_tokens):
+            n = len(live)
             logits_pq = pq.feed(
-                fed.repeat_interleave(2, dim=0), fed_mask.repeat_interleave(2, dim=0), pq_alpha, t
+                fed.repeat_interleave(2, dim=0),
+                fed_mask.repeat_interleave(2, dim=0),
+                pq_alpha[: 2 * n],
+                t,
             )
-            p_logits, q_logits = logits_pq.view(batch, 2, -1).unbind(1)
+            p_logits, q_logits = logits_pq.view(n, 2, -1).unbind(1)
             kl = dac_kl(p_logits, q_logits, top_p, batchmean)
             alpha = clip_alpha(kl, alpha_max)
 
@@ -402,16 +325,30 @@ def dac_generate(
                 nxt = logits.argmax(-1)
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad_id))
 
-            nan = torch.full_like(kl, float("nan"))
-            alphas.append(torch.where(unfinished, alpha, nan))
-            kls.append(torch.where(unfinished, kl, nan))
-            tokens.append(nxt)
+            nan = torch.full((batch,), float("nan"), device=device)
+            tokens.append(torch.full((batch,), pad_id, device=device).index_put((live,), nxt))
+            alphas.append(nan.index_put((live,), torch.where(unfinished, alpha, nan[:n])))
+            kls.append(nan.index_put((live,), torch.where(unfinished, kl, nan[:n])))
             unfinished &= ~torch.isin(nxt, eos)
-            if stop_strings:
-                stop_on_strings(tokenizer, nxt, rows, unfinished, stop_strings)
+            if stopped.stops:
+                for i, (row, tok) in enumerate(zip(live.tolist(), nxt.tolist(), strict=True)):
+                    rows[row].append(tok)
+                    if unfinished[i] and stopped(rows[row]):
+                        unfinished[i] = False
             if not bool(unfinished.any()):
                 break
-            fed, fed_mask = nxt[:, None], fed_mask.new_ones(batch, 1)
+            fed, fed_mask = nxt[:, None], fed_mask.new_ones(n, 1)
+            # A finished row is not decoded again (sampling keeps every row: the draws of the
+            # others would change); each row's tokens are the same either way.
+            if generator is None and not bool(unfinished.all()):
+                keep = _drop_finished((applied, pq), unfinished)
+                if keep is not None:
+                    live, unfinished, fed, fed_mask = (
+                        live[keep],
+                        unfinished[keep],
+                        fed[keep],
+                        fed_mask[keep],
+                    )
 
     out = torch.stack(tokens, dim=1)
     texts = tokenizer.batch_decode(out, skip_special_tokens=True)

@@ -268,3 +268,45 @@ def test_chunk_forward_learns_a_model_keeps_no_cache(
             if takes_cache
             else []
         )
+
+
+def _first_stop(row: list[int], stopped) -> int | None:
+    """The first prefix length at which `stopped(prefix)` holds (as a decoding loop checks)."""
+    return next((k for k in range(1, len(row) + 1) if stopped(row[:k])), None)
+
+
+def test_stop_matcher_stops_where_a_full_decode_does(tiny_random_tokenizer):
+    """Decoding only a row's last tokens finds the first stop string at the same token as
+    decoding the whole row, also around special tokens and multi-byte characters."""
+    from steerlight.model.generation import StopMatcher
+
+    tok = tiny_random_tokenizer
+    g = torch.Generator().manual_seed(0)
+    specials = [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id]
+    texts = [
+        "Natalia sold clips to 48 of her friends in April. " * 3 + "\n\nQuestion: next",
+        "Weng earns $12 an hour for babysitting; 50 minutes: 10. Q. The answer is 10",
+        "Prix: 12 € — café, naïve 🐄🐄 déjà vu " * 2 + "ANSWER",
+    ]
+    rows = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    for row in list(rows):  # each with special tokens (which decode to nothing) spliced in
+        noisy = list(row)
+        for _ in range(12):
+            i = int(torch.randint(len(noisy) + 1, (1,), generator=g))
+            noisy[i:i] = [specials[int(torch.randint(3, (1,), generator=g))]] * 3
+        rows.append(noisy)
+    rows.append(torch.randint(3, len(tok), (120,), generator=g).tolist())  # any bytes at all
+
+    checked = 0
+    for stops in (["\n\nQuestion:"], ["Q"], ["The answer is"], ["🐄", "vu"], ["ANSWER"], ["zz"]):
+        fast = StopMatcher(tok, stops)
+
+        def full(prefix: list[int], stops=stops) -> bool:
+            return any(s in tok.decode(prefix, skip_special_tokens=True) for s in stops)
+
+        for row in rows:
+            want = _first_stop(row, full)
+            assert _first_stop(row, fast) == want, (stops, tok.decode(row))
+            checked += want is not None and want > fast.tail
+    assert checked >= 6  # stops found beyond the decoded tail's length, so the tail mattered
+    assert not StopMatcher(tok, [])(rows[0]) and not StopMatcher(tok, [""])(rows[0])

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from steerlight.model.layers import decoder_layers
-from steerlight.steering.dac import dac_alpha
+from steerlight.steering.dac_strength import dac_alpha
 
 EOS = 2
 """The tiny tokenizer's </s>."""
@@ -76,14 +76,26 @@ def _last_logits(model, layer: int, kwargs: dict, scale: Tensor | None, vectors:
 
 @torch.no_grad()
 def naive_dac(
-    model, ids, mask, vectors, *, layer, alpha_max, top_p, batchmean, positions, steps, pad
+    model,
+    ids,
+    mask,
+    vectors,
+    *,
+    layer,
+    alpha_max,
+    top_p,
+    batchmean,
+    positions,
+    steps,
+    pad,
+    eos=(EOS,),
 ) -> tuple[Tensor, Tensor]:
     """DAC as defined: at every step, three forwards over the whole sequence, no cache.
 
     Column c is steered with the vector of its step k(c) (the step that first fed it:
     ``max(c - (P - 1), 0)``) - at ``alpha_max`` in the probe pass and at the strength chosen at
     step k(c) in the applied pass, as the reference implementation does. Returns the tokens
-    (B, <= steps) and the strengths (NaN once a row has finished).
+    (B, <= steps) and the strengths (NaN once a row has finished: a token of `eos`).
     """
     n, prompt_len = ids.shape
     first = {"generated": prompt_len, "prompt_end+generated": prompt_len - 1, "all": 0}[positions]
@@ -106,7 +118,7 @@ def naive_dac(
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         alphas.append(torch.where(done, torch.full_like(alpha, float("nan")), alpha))
         tokens.append(nxt)
-        done = done | (nxt == EOS)
+        done = done | torch.isin(nxt, torch.tensor(list(eos)))
         if done.all():
             break
         ids, mask = _extend(ids, mask, nxt)

@@ -134,6 +134,66 @@ def test_dac_exact(arch, tiny_random_model, tiny_random_tokenizer):
         assert torch.equal(got.tokens[i, : alone.tokens.shape[1]], alone.tokens[0]), i
 
 
+def _ending_id(tokens: Tensor) -> int:
+    """The generated id that, made an end-of-sequence id, ends the rows of `tokens` at the most
+    different steps (its first occurrence in each row; rows without it run to the end)."""
+
+    def lengths(x: int) -> set[int]:
+        hit = tokens == x
+        return set(torch.where(hit.any(1), hit.int().argmax(1) + 1, tokens.shape[1]).tolist())
+
+    return max(tokens.unique().tolist(), key=lambda x: len(lengths(x)))
+
+
+ENDING = ("llama", "gpt2", "gemma2", "lfm2", "falcon_h1", "mamba", "minimax", "openai-gpt")
+"""One architecture per cache kind: attention, sliding window, hybrid, SSM, a cache class of
+its own (rows cannot leave it) and no cache."""
+
+
+@pytest.mark.parametrize("arch", ENDING)
+def test_dac_rows_that_end_early_leave_exactly(arch, tiny_random_model, tiny_random_tokenizer):
+    """Rows ending at different steps leave DAC's three streams (where the cache allows it);
+    every row's tokens and strengths are still the definition's."""
+    model, tok = tiny_random_model(arch), tiny_random_tokenizer
+    ids, mask = _reference_batch(arch, tok)
+    v = _vector(model, 5.0)  # weaker than DAC_NORM: rows stay different, so they end apart
+    kwargs = {"alpha_max": DAC_ALPHA_MAX, "positions": "prompt_end+generated"}
+    full = dac_generate(model, tok, ids, mask, LAYER, v, SETTINGS, **kwargs)
+    ends = [tok.eos_token_id, _ending_id(full.tokens)]
+    own = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = ends
+    rows: list[int] = []  # the rows of every forward
+    count = model.register_forward_pre_hook(
+        lambda _, args, kw: rows.append(len(kw.get("input_ids", kw.get("inputs_embeds")))),
+        with_kwargs=True,
+    )
+    try:
+        got = dac_generate(model, tok, ids, mask, LAYER, v, SETTINGS, **kwargs)
+    finally:
+        model.generation_config.eos_token_id = own
+        count.remove()
+    lengths = (~got.alphas.isnan()).sum(1)
+    assert len(set(lengths.tolist())) > 1 and int(lengths.min()) < STEPS, lengths
+    # finished rows are decoded no more, except in a cache class of the model's own
+    assert (min(rows) < len(ids)) == (arch != "minimax"), rows
+    assert (got.alphas[~got.alphas.isnan()] > 0).any(), "DAC steers here"
+    want_tokens, want_alphas = naive_dac(
+        model,
+        ids,
+        mask,
+        v[None],
+        layer=LAYER,
+        top_p=0.9,
+        batchmean=False,
+        steps=STEPS,
+        pad=tok.pad_token_id,
+        eos=ends,
+        **kwargs,
+    )
+    assert torch.equal(got.tokens, want_tokens)
+    torch.testing.assert_close(got.alphas, want_alphas, atol=1e-4, rtol=1e-3, equal_nan=True)
+
+
 def test_minimax_cache_is_inexact_on_padded_rows(tiny_random_model, tiny_random_tokenizer):
     """Why minimax's references run unpadded: unsteered, its cached step differs from its own
     full pass on the most padded row (and agrees on the others). Should Transformers fix this,

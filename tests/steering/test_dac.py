@@ -11,13 +11,8 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
 from steerlight.model.generation import GenerationSettings, cut_at_stop, generate
-from steerlight.steering.dac import (
-    DACGeneration,
-    dac_alpha,
-    dac_generate,
-    dac_kl,
-    nucleus_mask,
-)
+from steerlight.steering.dac import DACGeneration, dac_generate
+from steerlight.steering.dac_strength import dac_alpha, dac_kl, nucleus_mask
 from steerlight.steering.hooks import steer
 from steerlight.steering.icl import icl_step_vectors
 
