@@ -21,7 +21,13 @@ from steerlight.eval.report import paired_record
 from steerlight.io import steerlight_home
 from steerlight.model.generation import GenerationSettings
 from steerlight.model.layers import resolve_layer
-from steerlight.model.loading import DType, load_model, load_tokenizer, weights_fingerprint
+from steerlight.model.loading import (
+    DType,
+    context_length,
+    load_model,
+    load_tokenizer,
+    weights_fingerprint,
+)
 from steerlight.model.refill import refill_generate
 from steerlight.steering.activations import ActivationCache, ReadPosition
 from steerlight.steering.apply import Method, SteeringConfig, steered_generate, steers
@@ -235,6 +241,7 @@ class SteeredLM(pl.LightningModule):
     def generate_batch(self, batch: dict[str, Any], steered: bool = True):
         """Generate completions for a batch, steered as configured (or not at all)."""
         args = (self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"])
+        slots = batch.get("slots")  # rows decoded at once (a val/test step holds more)
         if steered and self.steers:
             icl = self.hparams.method == "dac" and self.dac.vectors == "icl"
             gen = steered_generate(
@@ -244,6 +251,7 @@ class SteeredLM(pl.LightningModule):
                 self.settings,
                 self.preset.stop,
                 step_vectors=self.steering_vector("icl_vectors") if icl else None,
+                slots=slots,
             )
             if isinstance(gen, DACGeneration):
                 self._dac_alphas.append(gen.alphas)
@@ -253,7 +261,7 @@ class SteeredLM(pl.LightningModule):
             memo = self.generation_memo if self.generation_memo is not None else {}
             if key in memo:
                 return memo[key]
-            gen = memo[key] = refill_generate(*args, self.settings, self.preset.stop)
+            gen = memo[key] = refill_generate(*args, self.settings, self.preset.stop, slots)
         self.generated_tokens += int((gen.tokens != self.tokenizer.pad_token_id).sum())
         return gen
 
@@ -289,11 +297,10 @@ class SteeredLM(pl.LightningModule):
         baseline = self.generate_batch(batch, steered=False).texts if self.steers else steered
         self._score(batch, steered, "test")
         self._score(batch, baseline, "test_baseline")
-        form = self.preset.answer_form
         for i, ex_id in enumerate(batch["ids"]):
             texts = {"baseline": baseline[i], "steered": steered[i]}
             q, gold = batch["questions"][i], batch["golds"][i]
-            self.records.append(paired_record(ex_id, q, gold, texts, form))
+            self.records.append(paired_record(ex_id, q, gold, texts, self.preset.answer_form))
 
     def _score(self, batch: dict[str, Any], texts: list[str], stage: str) -> None:
         form = self.preset.answer_form
@@ -405,7 +412,7 @@ def _tensorboard(module: pl.LightningModule):
 
 def _check_fits(model: torch.nn.Module, hp: Any, settings: GenerationSettings) -> None:
     """The configured layer exists and the generation length fits the model's context."""
-    context = _context_length(model)
+    context = context_length(model)
     if context is not None and settings.max_new_tokens >= context:
         raise SteerlightError(
             f"model.generation.max_new_tokens={settings.max_new_tokens} does not fit "
@@ -417,13 +424,3 @@ def _check_fits(model: torch.nn.Module, hp: Any, settings: GenerationSettings) -
             resolve_layer(model, hp.layer)
         except ValueError as err:
             raise SteerlightError(str(err)) from None
-
-
-def _context_length(model: torch.nn.Module) -> int | None:
-    """The most tokens (prompt and generation) the model's positions cover, if it says."""
-    config = getattr(model, "config", None)
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None

@@ -31,8 +31,8 @@ def _questions(dataloaders: Any) -> int:
 class PassProgress(Callback):
     """Lines for the train pass (reading activations), each val round and the test pass.
 
-    Within a generation batch (minutes on a big model), a forward pre-hook counts the model's
-    forward calls, so a line also comes every `every_s` seconds while one batch decodes.
+    Within a step (minutes on a big model), a forward pre-hook counts the model's forward
+    calls, so a line also comes every `every_s` seconds while one step decodes.
     """
 
     def __init__(self, every_s: float = 30.0, fraction: float = 0.1, prefix: str = "") -> None:
@@ -41,23 +41,22 @@ class PassProgress(Callback):
         self._tokens = 0
         self._hook = None
 
-    def _watch_batch(self, pl_module: pl.LightningModule, what: str) -> None:
-        """Count forwards while a batch generates; a line every `every_s` seconds."""
+    def _watch_batch(self, pl_module: pl.LightningModule, what: str, batch: Any) -> None:
+        """Count forwards while a step generates; a line every `every_s` seconds."""
         model = getattr(pl_module, "model", None)
         if self._pace is None or model is None or not pl_module.trainer.is_global_zero:
             return
         started, last, forwards = time.monotonic(), [time.monotonic()], [0]
-        limit = getattr(getattr(pl_module, "settings", None), "max_new_tokens", None)
+        questions = len(batch["ids"])
 
         def count(_module, _args) -> None:
             forwards[0] += 1
             now = time.monotonic()
             if now - last[0] >= self.every_s:
                 last[0] = now
-                bound = f" of at most {limit} new tokens" if limit else ""
                 log.info(
                     f"{self.prefix}{what}: {self._pace.done}/{self._pace.total} questions done; "
-                    f"this batch: {forwards[0]} forward passes{bound} in {now - started:.0f}s"
+                    f"the next {questions}: {forwards[0]} forward passes in {now - started:.0f}s"
                 )
 
         self._unwatch()
@@ -73,12 +72,12 @@ class PassProgress(Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
         if batch_idx == 0:
             self._start(_questions(trainer.val_dataloaders), pl_module)
-        self._watch_batch(pl_module, "val")
+        self._watch_batch(pl_module, "val", batch)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
         if batch_idx == 0:
             self._start(_questions(trainer.test_dataloaders), pl_module)
-        self._watch_batch(pl_module, "test")
+        self._watch_batch(pl_module, "test", batch)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._unwatch()

@@ -21,6 +21,12 @@ from steerlight.model.loading import load_tokenizer
 log = logging.getLogger(__name__)
 
 
+STEP_BATCHES = 8
+"""Generation batches in one val/test step. The module decodes ``batch_size`` rows at a time
+and a finished row's slot takes the step's next question (row refill), so only a step's last
+rows decode beside finished ones; a step is also what a progress line counts."""
+
+
 class GSM8KDataModule(pl.LightningDataModule):
     """Serves GSM8K (or a local / synthetic copy) as prompts for generation and scoring.
 
@@ -64,7 +70,8 @@ class GSM8KDataModule(pl.LightningDataModule):
             limit_train: Use at most this many train rows (``None``: all).
             limit_val: Use at most this many val questions (``None``: all of ``val_size``).
             limit_test: Use at most this many test questions, from the start (``None``: all).
-            batch_size: Prompts per generation batch.
+            batch_size: Prompts decoded at once (val/test steps hold 8 times as many: a
+                finished row's place goes to the next prompt).
             max_prompt_tokens: Longer prompts lose exemplars until they fit.
             synthetic_train_size: Train rows generated when ``source`` is ``synthetic``.
             synthetic_test_size: Test rows generated when ``source`` is ``synthetic``.
@@ -208,9 +215,13 @@ class GSM8KDataModule(pl.LightningDataModule):
             "prompts": [ex["prompt"] for ex in examples],
             "input_ids": padded["input_ids"],
             "attention_mask": padded["attention_mask"],
+            "slots": self.hparams.batch_size,  # rows decoded at once
         }
 
-    def _loader(self, split: str, rows: list[dict[str, Any]] | None = None) -> DataLoader:
+    def _loader(
+        self, split: str, rows: list[dict[str, Any]] | None = None, batches: int = 1
+    ) -> DataLoader:
+        """A loader of `split` (or `rows`) whose steps hold `batches` generation batches."""
         if not self.splits:
             self.setup()
         rows = self.splits[split] if rows is None else rows
@@ -226,7 +237,7 @@ class GSM8KDataModule(pl.LightningDataModule):
             )
         return DataLoader(
             rows,
-            batch_size=self.hparams.batch_size,
+            batch_size=self.hparams.batch_size * batches,
             sampler=sampler,
             shuffle=False,
             collate_fn=self.collate,
@@ -240,16 +251,16 @@ class GSM8KDataModule(pl.LightningDataModule):
         shards = self.hparams.val_shards
         trainer = self.trainer
         if shards == 1 or trainer is None or trainer.state.fn != "fit":
-            return self._loader("val")
+            return self._loader("val", batches=STEP_BATCHES)
         # Strided shards of the length-sorted split: every round sees short and long prompts.
         shard = self.splits["val"][trainer.current_epoch % shards :: shards]
-        return self._loader("val", shard)
+        return self._loader("val", shard, batches=STEP_BATCHES)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", batches=STEP_BATCHES)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", batches=STEP_BATCHES)
 
 
 def _example(id_: str, row: Row) -> dict[str, Any]:

@@ -20,9 +20,10 @@ For decoding loops of their own (DAC), `ChunkForward` runs a forward with exactl
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,48 @@ class Generation:
     """Decoded new tokens (special tokens skipped), each cut at the first stop string."""
 
 
+def split_rows(
+    input_ids: Tensor, attention_mask: Tensor, size: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Consecutive groups of `size` rows of a left-padded batch, each without the columns that
+    all of its rows pad (so a group is what collating those rows alone gives)."""
+    for i in range(0, len(input_ids), max(1, size)):
+        ids, mask = input_ids[i : i + size], attention_mask[i : i + size]
+        start = int((mask.shape[1] - mask.sum(1)).min())
+        yield ids[:, start:], mask[:, start:]
+
+
+def cat_generations(parts: Sequence[Generation], pad_id: int) -> Generation:
+    """One `Generation` (or subclass) of the rows of `parts`, in order; (B, T) tensors are
+    padded to the widest part: token ids with `pad_id`, floats (DAC's strengths) with NaN."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.tokens.shape[1] for p in parts)
+    fields: dict[str, Any] = {"texts": [t for p in parts for t in p.texts]}
+    for f in dataclasses.fields(parts[0]):
+        if f.name != "texts":
+            values = [getattr(p, f.name) for p in parts]
+            fill = float("nan") if values[0].is_floating_point() else pad_id
+            fields[f.name] = torch.cat(
+                [torch.nn.functional.pad(v, (0, width - v.shape[1]), value=fill) for v in values]
+            )
+    return type(parts[0])(**fields)
+
+
+def in_batches(
+    fn: Callable[[Tensor, Tensor], Generation],
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    size: int | None,
+    pad_id: int,
+) -> Generation:
+    """`fn` (a left-padded batch -> its `Generation`) run on groups of `size` rows at a time."""
+    if size is None or size >= len(input_ids):
+        return fn(input_ids, attention_mask)
+    parts = [fn(ids, mask) for ids, mask in split_rows(input_ids, attention_mask, size)]
+    return cat_generations(parts, pad_id)
+
+
 def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The tokenizer's EOS plus the EOS ids the model's generation config lists (<|eot_id|>...)."""
     ids: list[int] = []
@@ -77,6 +120,13 @@ def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list
         if i is not None and int(i) not in ids:
             ids.append(int(i))
     return ids
+
+
+def pad_token_id(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id finished rows are filled with: the tokenizer's pad, else the first EOS id (as
+    ``generate`` does)."""
+    pad = tokenizer.pad_token_id
+    return int(pad) if pad is not None else stop_token_ids(model, tokenizer)[0]
 
 
 def check_left_padded(input_ids: Tensor, attention_mask: Tensor) -> None:
@@ -281,7 +331,7 @@ def generate(
     settings = settings or GenerationSettings()
     check_left_padded(input_ids, attention_mask)
     eos_ids = stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    pad_id = pad_token_id(model, tokenizer)
     config = _generation_config(settings, pad_id, eos_ids, stop_strings)
     device = input_ids.device
     fork_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []

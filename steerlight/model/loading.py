@@ -124,3 +124,13 @@ def weights_fingerprint(model: nn.Module, samples_per_tensor: int = 4096) -> str
         h.update(sample.numpy().tobytes())
     model._steerlight_fingerprint = h.hexdigest()[:16]
     return model._steerlight_fingerprint
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The most tokens (prompt and generation) the model's positions cover, if it says."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -34,6 +34,8 @@ from steerlight.model.generation import (
     check_left_padded,
     cut_at_stop,
     generate,
+    in_batches,
+    pad_token_id,
     stop_token_ids,
 )
 
@@ -133,16 +135,20 @@ def refill_generate(
     settings = settings or GenerationSettings()
     check_left_padded(input_ids, attention_mask)
     forward = ChunkForward(model, padded=True)
+    per_row = steering is not None and steering.alpha.numel() > 1  # strengths move with rows
     if (
         settings.do_sample
         or forward.cacheless
         or forward.cache_name not in ("cache", "past_key_values")
-        or (steering is not None and steering.alpha.numel() > 1)  # per-row strengths: rows move
+        or per_row
     ):
-        return _fallback(model, tokenizer, input_ids, attention_mask, settings, stop_strings)
+        groups = None if per_row else slots  # (per-row strengths: every row at once)
+        return _fallback(
+            model, tokenizer, input_ids, attention_mask, settings, stop_strings, groups, steering
+        )
     eos_ids = stop_token_ids(model, tokenizer)
     eos = set(eos_ids)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    pad_id = pad_token_id(model, tokenizer)
     prompts = [row[m.bool()] for row, m in zip(input_ids, attention_mask, strict=True)]
     queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first
     slots = len(prompts) if slots is None else max(1, slots)
@@ -162,7 +168,14 @@ def refill_generate(
             new_logits, cache = _join(forward, steering, active, cache, prompts, joining, pad_id)
             if cache is None:  # not joinable: the whole batch the plain way
                 return _fallback(
-                    model, tokenizer, input_ids, attention_mask, settings, stop_strings
+                    model,
+                    tokenizer,
+                    input_ids,
+                    attention_mask,
+                    settings,
+                    stop_strings,
+                    slots,
+                    steering,
                 )
             logits = new_logits if logits is None else torch.cat([logits, new_logits])
         nxt = logits.argmax(-1)
@@ -174,11 +187,19 @@ def refill_generate(
     return _collect(done, len(prompts), pad_id, tokenizer, stop_strings, input_ids.device)
 
 
-def _fallback(model, tokenizer, input_ids, attention_mask, settings, stop_strings) -> Generation:
-    return generate(model, tokenizer, input_ids, attention_mask, settings, stop_strings)
+def _fallback(
+    model, tokenizer, input_ids, attention_mask, settings, stop_strings, slots, steering
+) -> Generation:
+    """`generate`, `slots` rows at a time, each group steered at its own prompt width."""
+
+    def batch(ids: Tensor, mask: Tensor) -> Generation:
+        _set_widths(steering, ids.shape[1])
+        return generate(model, tokenizer, ids, mask, settings, stop_strings)
+
+    return in_batches(batch, input_ids, attention_mask, slots, pad_token_id(model, tokenizer))
 
 
-def _set_widths(steering: Any, widths: Tensor) -> None:
+def _set_widths(steering: Any, widths: Tensor | int) -> None:
     if steering is not None:
         steering.prompt_len = widths
 

@@ -9,7 +9,12 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from steerlight.model.generation import Generation, GenerationSettings
+from steerlight.model.generation import (
+    Generation,
+    GenerationSettings,
+    in_batches,
+    pad_token_id,
+)
 from steerlight.model.refill import refill_generate
 from steerlight.steering.dac import DACSettings, dac_generate
 from steerlight.steering.hooks import Positions, steer
@@ -61,30 +66,40 @@ def steered_generate(
     settings: GenerationSettings,
     stop_strings: Sequence[str],
     step_vectors: Tensor | None = None,
+    slots: int | None = None,
 ) -> Generation:
     """Completions for a left-padded batch, steered as `config` says (CAA hooks or DAC).
 
-    Plain and CAA generation decode with row refill (`refill_generate`: a finished row is no
-    longer decoded; the same tokens as padded batching); DAC keeps its own loop.
+    At most `slots` rows are decoded at once (default: all). Plain and CAA generation decode
+    with row refill (`refill_generate`: a finished row's slot takes the next prompt; the same
+    tokens as padded batching); DAC runs its own loop on `slots` rows at a time, from which
+    finished rows leave.
     """
     args = (model, tokenizer, input_ids, attention_mask)
     if not config.steers:
-        return refill_generate(*args, settings, stop_strings)
+        return refill_generate(*args, settings, stop_strings, slots)
     if config.method == "dac":
-        return dac_generate(
-            *args,
-            config.layer,
-            vector if step_vectors is None else None,
-            settings,
-            stop_strings,
-            top_p=config.dac.top_p,
-            alpha_max=config.dac.alpha_max,
-            batchmean=config.dac.batchmean,
-            positions=config.positions,
-            step_vectors=step_vectors,
-        )
+
+        def dac(ids: Tensor, mask: Tensor) -> Generation:
+            return dac_generate(
+                model,
+                tokenizer,
+                ids,
+                mask,
+                config.layer,
+                vector if step_vectors is None else None,
+                settings,
+                stop_strings,
+                top_p=config.dac.top_p,
+                alpha_max=config.dac.alpha_max,
+                batchmean=config.dac.batchmean,
+                positions=config.positions,
+                step_vectors=step_vectors,
+            )
+
+        return in_batches(dac, input_ids, attention_mask, slots, pad_token_id(model, tokenizer))
     width = input_ids.shape[1]
     with steer(
         model, config.layer, vector, config.alpha, config.positions, prompt_len=width
     ) as steering:
-        return refill_generate(*args, settings, stop_strings, steering=steering)
+        return refill_generate(*args, settings, stop_strings, slots, steering)

@@ -89,6 +89,7 @@ from steerlight.model.generation import (
     StopMatcher,
     check_left_padded,
     cut_at_stop,
+    pad_token_id,
     reorderable,
     repeat_cache_rows,
     stop_token_ids,
@@ -274,7 +275,7 @@ def dac_generate(
     batch, prompt_len = input_ids.shape
     device = input_ids.device
     eos_ids = stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    pad_id = pad_token_id(model, tokenizer)
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
     warpers: list[Any] = []
     generator = None

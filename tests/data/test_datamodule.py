@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from steerlight.data.datamodule import GSM8KDataModule
+from steerlight.data.datamodule import STEP_BATCHES, GSM8KDataModule
 from steerlight.data.prompts import CHAT_INSTRUCTION, get_preset
 from steerlight.errors import SteerlightError
 from steerlight.tiny.tokenizer import build_tokenizer
@@ -171,7 +171,9 @@ def test_batches_are_left_padded_and_length_sorted(tmp_path, tokenizer):
     batch = next(iter(dm.test_dataloader()))
     assert set(batch) >= {"ids", "questions", "golds", "answers", "input_ids", "attention_mask"}
     assert batch["input_ids"].shape == batch["attention_mask"].shape
-    assert batch["input_ids"].shape[0] == 4
+    # a test step holds STEP_BATCHES generation batches, decoded `slots` rows at a time
+    assert batch["input_ids"].shape[0] == min(4 * STEP_BATCHES, len(dm.splits["test"]))
+    assert batch["slots"] == 4 and len(next(iter(dm.train_dataloader()))["ids"]) == 4
     mask = batch["attention_mask"]
     assert (mask[:, -1] == 1).all(), "left padding: every row ends with a real token"
     shortest = mask.sum(1).argmin()

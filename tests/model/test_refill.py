@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from steerlight.model import refill
-from steerlight.model.generation import GenerationSettings, generate
+from steerlight.model.generation import GenerationSettings, cat_generations, generate, split_rows
 from steerlight.model.refill import joinable, refill_generate
 from steerlight.steering.hooks import steer
 
@@ -89,16 +89,41 @@ def test_refill_cuts_at_stop_strings_like_generate(tiny_random_model, tiny_rando
     assert torch.equal(got.tokens, want.tokens) and got.texts == want.texts
 
 
-def test_sampling_and_cacheless_models_take_generate(tiny_random_model, tiny_random_tokenizer):
-    ids, mask = _batch(tiny_random_tokenizer)
-    for arch, settings in [
-        ("llama", GenerationSettings(max_new_tokens=6, do_sample=True, seed=3)),
-        ("openai-gpt", GenerationSettings(max_new_tokens=6)),
+def test_what_refill_cannot_decode_takes_generate_slots_rows_at_a_time(
+    tiny_random_model, tiny_random_tokenizer
+):
+    """Sampling and models without a cache: `generate` on each group of `slots` rows, as if
+    those rows were collated alone (steered at each group's own prompt width)."""
+    tok = tiny_random_tokenizer
+    ids, mask = _batch(tok)
+    groups = list(split_rows(ids, mask, 2))
+    for group, prompts in zip(groups, [PROMPTS[:2], PROMPTS[2:4], PROMPTS[4:]], strict=True):
+        alone = tok(prompts, return_tensors="pt", padding=True)
+        assert torch.equal(group[0], alone.input_ids) and torch.equal(
+            group[1], alone.attention_mask
+        )
+    v = torch.randn(32, generator=torch.Generator().manual_seed(1))
+    for arch, settings, alpha in [
+        ("llama", GenerationSettings(max_new_tokens=6, do_sample=True, seed=3), 0.0),
+        ("openai-gpt", GenerationSettings(max_new_tokens=6), 0.0),
+        ("openai-gpt", GenerationSettings(max_new_tokens=6), 4.0),
     ]:
         model = tiny_random_model(arch)
-        want = generate(model, tiny_random_tokenizer, ids, mask, settings)
-        got = refill_generate(model, tiny_random_tokenizer, ids, mask, settings, slots=2)
-        assert torch.equal(got.tokens, want.tokens)
+        want = []
+        for g_ids, g_mask in groups:
+            with steer(model, 0, v, alpha, prompt_len=g_ids.shape[1]):
+                want.append(generate(model, tok, g_ids, g_mask, settings))
+        want = cat_generations(want, tok.pad_token_id)
+        with steer(model, 0, v, alpha, prompt_len=ids.shape[1]) as steering:
+            got = refill_generate(model, tok, ids, mask, settings, slots=2, steering=steering)
+        assert torch.equal(got.tokens, want.tokens) and got.texts == want.texts, arch
+    # and the width matters: the narrowest group steered at the whole batch's width differs
+    i = min(range(len(groups)), key=lambda i: groups[i][0].shape[1])
+    assert groups[i][0].shape[1] < ids.shape[1]
+    with steer(model, 0, v, alpha, prompt_len=ids.shape[1]):
+        wrong = generate(model, tok, *groups[i], settings).tokens
+    rows = slice(2 * i, 2 * i + len(wrong))
+    assert not torch.equal(wrong, got.tokens[rows, : wrong.shape[1]])
 
 
 def test_joinable_caches(tiny_random_model, tiny_random_tokenizer):
