@@ -1,12 +1,13 @@
-"""Part ``refill``: a val pass with row refill vs today's padded batching, same questions.
+"""Part ``refill``: a val pass with row refill vs padded batching, same questions.
 
 Three contenders, same tokens asserted: padded batching (`generate`, one left-padded batch at a
-time: a batch decodes until its longest row stops), refill inside each batch (what the module
-does: finished rows leave the batch) and refill across the batches (`--trial-batch` slots over
-all questions: a finished row's slot takes the next question). On the embedded tiny model
-(``--val`` questions, batch ``--trial-batch``, ``--search-max-new-tokens``, the preset's stop
-string) and on the random bench model (3 x ``--batch`` questions, ``--new-tokens``), whose
-rows stop at an end-of-sequence id chosen so that they stop at different steps. Target >= 1.5x.
+time: a batch decodes until its longest row stops), refill inside each batch (finished rows
+leave the batch) and refill across the batches (what the module does: `--trial-batch` slots
+over a val step's questions, a finished row's slot taking the next question). On the embedded
+tiny model (``--val`` questions, batch ``--trial-batch``, ``--search-max-new-tokens``, the
+preset's stop string) and on the random bench model (3 x ``--batch`` questions,
+``--new-tokens``), whose rows stop at an end-of-sequence id chosen so that they stop at
+different steps. Target >= 1.5x.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import Tensor
 
 PADDED = "padded batching"
 IN_BATCH = "refill inside each batch"
-ACROSS = "refill across batches"
+ACROSS = "refill across batches (the module)"
 
 
 def val_pass_contenders(
@@ -111,15 +112,17 @@ def bench_refill(
     """Part refill on both models."""
     from steerlight.data.datamodule import GSM8KDataModule
     from steerlight.data.prompts import get_preset
-    from steerlight.model.generation import GenerationSettings
+    from steerlight.model.generation import GenerationSettings, split_rows
     from steerlight.model.loading import load_model, load_tokenizer
 
     model = load_model(tiny, dtype=args.dtype).to(device)
     tok = load_tokenizer(tiny)
     dm = GSM8KDataModule(tokenizer=tok, **data_config(args, args.val, args.trial_batch))
     dm.setup()
-    batches = [
-        (b["input_ids"].to(device), b["attention_mask"].to(device)) for b in dm.val_dataloader()
+    batches = [  # the generation batches of each val step (a step holds several)
+        (ids.to(device), mask.to(device))
+        for b in dm.val_dataloader()
+        for ids, mask in split_rows(b["input_ids"], b["attention_mask"], b["slots"])
     ]
     settings = GenerationSettings(max_new_tokens=args.search_max_new_tokens)
     stop = list(get_preset("gsm8k").stop)

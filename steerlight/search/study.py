@@ -58,7 +58,11 @@ class SearchOptions:
     pruner: Literal["median", "hyperband", "none"] = "median"
     """median: Optuna's MedianPruner; hyperband: HyperbandPruner; none: no pruning."""
     startup_trials: int = 5
-    """Trials before the pruner and TPE start acting on results."""
+    """Random trials before TPE starts modelling the results."""
+    pruner_startup_trials: int = 1
+    """Completed trials before the median pruner prunes. 1: trial 0, the unsteered baseline, is
+    the first yardstick, so a trial worse than no steering stops after one round (5: 40% more
+    generated tokens in the bench's 20-trial search, same best val accuracy)."""
     seed: int = 0
     """Seed of the sampler; the k-th worker to join a study (0, 1, ...) uses seed + k."""
     timeout: float | None = None
@@ -79,10 +83,11 @@ class SearchOptions:
                 raise SteerlightError(
                     f"--{name.replace('_', '-')} {value} is invalid: use 1 or more"
                 )
-        if self.startup_trials < 0:
-            raise SteerlightError(
-                f"--startup-trials {self.startup_trials} is invalid: use 0 or more"
-            )
+        for name in ("startup_trials", "pruner_startup_trials"):
+            if getattr(self, name) < 0:
+                raise SteerlightError(
+                    f"--{name.replace('_', '-')} {getattr(self, name)} is invalid: use 0 or more"
+                )
         if self.timeout is not None and not self.timeout > 0:
             raise SteerlightError(f"--timeout {self.timeout} is invalid: use a positive number")
         if self.study_name is not None:
@@ -116,7 +121,9 @@ def make_study(options: SearchOptions, name: str, storage):
     import optuna
 
     pruner = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=options.startup_trials),
+        "median": lambda: optuna.pruners.MedianPruner(
+            n_startup_trials=options.pruner_startup_trials
+        ),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=options.rounds
         ),

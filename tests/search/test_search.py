@@ -155,3 +155,31 @@ def test_both_spellings_of_a_flag(llama, tmp_path, monkeypatch, flag):
     config = write_search_config(tmp_path, llama, {"layer": [0], "alpha": [0.0]})
     study = search(tmp_path, config, flag, "spelled", "--n_trials", "1")
     assert study.study_name == "spelled" and len(study.trials) == 1
+
+
+def test_pruner_startup_trials_parses_checks_and_builds_the_pruner(llama, tmp_path):
+    from steerlight.search.study import make_study
+
+    config = str(write_search_config(tmp_path, llama, {"layer": [0], "alpha": [0.0]}))
+    options = parse_argv(["--config", config, "--pruner-startup-trials", "3"])[2]
+    assert options.pruner_startup_trials == 3 and options.startup_trials == 5  # decoupled
+    for value, message in [("-1", "--pruner-startup-trials -1 is invalid: use 0 or more"),
+                           ("x", "pruner_startup_trials: got x; expected a int")]:  # fmt: skip
+        with pytest.raises(SteerlightError, match=message) as err:
+            parse_argv(["--config", config, "--pruner_startup_trials", value])
+        assert "\n" not in str(err.value)
+    with pytest.raises(SteerlightError, match="pruner: got mediann; choose one of 'median'"):
+        parse_argv(["--config", config, "--pruner", "mediann"])
+
+    pruner = make_study(options, "three", None).pruner
+    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_startup_trials == 3
+    options = parse_argv(["--config", config, "--pruner", "none"])[2]
+    assert isinstance(make_study(options, "none", None).pruner, optuna.pruners.NopPruner)
+    # The default acts from the first completed trial (the baseline) on, after one round.
+    study = make_study(parse_argv(["--config", config])[2], "default", None)
+    baseline = study.ask()
+    baseline.report(0.5, 0)
+    study.tell(baseline, 0.5)
+    worse = study.ask()
+    worse.report(0.25, 0)
+    assert worse.should_prune()
