@@ -1,4 +1,8 @@
-"""Part ``dac``: DAC generation (three KV caches) vs CAA generation, same length. Target <= 3x.
+"""Part ``dac``: DAC generation (three KV caches) vs CAA generation, same length. Target <= 2x.
+
+Also timed in the same rounds: the model's forwards alone for B and for 2B rows (`forwards`).
+A DAC step is one forward of each and a CAA step one of B rows, so their ratio is the floor of
+DAC's cost without sharing work between its streams.
 
 With ``--naive-dac-repeats N`` DAC is also timed by its definition (`naive_dac`: three full
 forwards per token, no cache, O(T^2)), and its tokens are compared with steerlight's.
@@ -15,6 +19,8 @@ from torch import Tensor, nn
 
 DAC = "steerlight DAC (3 KV caches)"
 NAIVE = "DAC by definition (3 full forwards/token)"
+ROWS_B = "cached decoding forwards, B rows"
+ROWS_2B = "cached decoding forwards, 2B rows"
 
 
 @torch.no_grad()
@@ -55,8 +61,24 @@ def naive_dac(
     return torch.stack(out, dim=1)
 
 
+def forwards(model: nn.Module, ids: Tensor, mask: Tensor, steps: int) -> Tensor:
+    """The model's forwards alone, as a decoding loop makes them: a prefill, then `steps` - 1
+    single-token steps on the cache (no steering, no sampling logic)."""
+    from steerlight.model.generation import ChunkForward
+
+    forward = ChunkForward(model, padded=True)
+    logits, cache = forward(ids, mask, None, ids.shape[1])
+    for _ in range(steps - 1):
+        nxt = logits.argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+        logits, cache = forward(ids, mask, cache, 1)
+    return torch.cat([ids, logits.argmax(-1, keepdim=True)], 1)[:, -steps:]
+
+
 def dac_contenders(gen: GenerationBatch, repeats: int, naive_repeats: int) -> dict[str, Contender]:
-    """steerlight's DAC, and DAC by definition when `naive_repeats` > 0 (never warmed up: slow)."""
+    """steerlight's DAC; the forwards of B and of 2B rows alone (a DAC step is one of each, a
+    CAA step one of B rows: their sum over B rows is DAC's floor); DAC by definition when
+    `naive_repeats` > 0 (never warmed up: slow)."""
     from steerlight.steering.dac import dac_generate
 
     model, ids, mask, layer, vector = gen.model, gen.ids, gen.mask, gen.layer, gen.vector
@@ -65,7 +87,12 @@ def dac_contenders(gen: GenerationBatch, repeats: int, naive_repeats: int) -> di
     def dac_fast() -> Tensor:
         return dac_generate(model, fixed, ids, mask, layer, vector, settings, **dac).tokens
 
-    contenders = {DAC: Contender(dac_fast, repeats)}
+    twice = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)
+    contenders = {
+        DAC: Contender(dac_fast, repeats),
+        ROWS_B: Contender(lambda: forwards(model, ids, mask, n), repeats),
+        ROWS_2B: Contender(lambda: forwards(model, *twice, n)[::2], repeats),
+    }
     if naive_repeats > 0:
         contenders[NAIVE] = Contender(
             lambda: naive_dac(model, ids, mask, layer, vector, n, **dac),
@@ -85,6 +112,10 @@ def dac_result(
     """The DAC-vs-CAA ratio at equal length (and DAC by definition's, when it ran)."""
     ratio = med[DAC] / med[CAA]
     details = dict(gen.setup)
+    # DAC's three streams cost one forward of 2B rows and one of B rows per token, CAA one of
+    # B rows: below this, only sharing work between the streams would go
+    details["forward_floor"] = (med[ROWS_2B] + med[ROWS_B]) / med[ROWS_B]
+    details["dac_over_its_forwards"] = med[DAC] / (med[ROWS_2B] + med[ROWS_B])
     measured_naive = ""
     if NAIVE in med:
         details["naive_dac_over_dac"] = med[NAIVE] / med[DAC]
@@ -98,10 +129,11 @@ def dac_result(
         "DAC vs CAA generation at equal length",
         ratio,
         "steerlight DAC time / steerlight CAA time",
-        "<= 3x (CPU)",
-        ratio <= 3.0,
+        "<= 2x",
+        ratio <= 2.0,
         f"{ms_per_token(med[DAC], gen.n)} vs {ms_per_token(med[CAA], gen.n)} per step, "
-        f"batch {args.batch}{measured_naive}",
-        {k: v for k, v in times.items() if "CAA" in k or "DAC" in k},
+        f"batch {args.batch}; forwards of 2B + B rows / B rows alone: "
+        f"{details['forward_floor']:.2f}x{measured_naive}",
+        {k: v for k, v in times.items() if "CAA" in k or "DAC" in k or "forwards" in k},
         details,
     )
