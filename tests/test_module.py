@@ -138,6 +138,28 @@ def test_alpha_zero_is_the_unsteered_model(llama, tmp_path):
     assert runs["on"] != runs["none"]
 
 
+def test_a_val_step_decodes_like_padded_batches(llama, tmp_path):
+    """A val step holds several generation batches, decoded `batch_size` rows at a time with
+    row refill: its completions are those of `generate` on each batch, steered or not."""
+    from steerlight.model.generation import generate, split_rows
+    from steerlight.steering.hooks import steer
+
+    dm = datamodule(llama, val_size=10, batch_size=3)  # 4 batches in one step
+    for kw in ({"method": "none"}, {"alpha": 8.0}):
+        module = steered(llama, tmp_path, log_samples=100, **kw)
+        trainer(tmp_path, logger=False).fit(module, dm)
+        (step,) = list(dm.val_dataloader())
+        assert step["slots"] == 3 and len(step["ids"]) == 10
+        want = []
+        for ids, mask in split_rows(step["input_ids"], step["attention_mask"], 3):
+            alpha = module.hparams.alpha if module.steers else 0.0
+            vector = module.steering_vector()
+            with steer(module.model, module.layer, vector, alpha, prompt_len=ids.shape[1]):
+                args = (module.model, module.tokenizer, ids, mask, module.settings)
+                want += generate(*args, module.preset.stop).texts
+        assert completions(module) == want, kw
+
+
 def test_caa_vector_equals_hand_computed_mean_difference(llama, tmp_path):
     import random
 
