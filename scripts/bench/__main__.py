@@ -10,28 +10,35 @@ hits both alike, and reports medians. One module per part, in this folder:
    are cached: batched, length-sorted, stop strings) vs the naive loop of the original pipeline,
    written here (batch size 1, no stop strings, 256 new tokens, contrastive activations
    recomputed for every trial), on a trained model that stops by itself (the embedded ``tiny``).
-   Target >= 10x.
+   Target >= 20x.
 3. ``activations`` (`extraction.py`): one forward reading every layer
    (`steerlight.steering.activations`) vs one forward per layer. Target: L times fewer forwards
    and >= 0.8 L speed-up.
 4. ``dac`` (`dac_cost.py`): DAC generation (three KV caches) vs CAA generation, same length.
-   Target <= 3x on CPU.
+   Target <= 2x.
 5. ``pruning`` (`pruning.py`): a 20-trial `steerlight.search` with the median pruner vs
-   ``pruner="none"``, counting generated tokens. Target >= 35% fewer tokens, best val accuracy
+   ``pruner="none"``, counting generated tokens. Target >= 45% fewer tokens, best val accuracy
    within one question.
 6. ``cache`` (`cache.py`): plain generation with each KV cache (steerlight's own, if any, and
    Transformers' dynamic and static) on the random model (``--batch``, ``--new-tokens``) and
    on the tiny one (``--trial-batch`` val questions, ``--search-max-new-tokens``).
 7. ``refill`` (`refill.py`): a val pass with row refill vs padded batching, same tokens, on
    both models. Target >= 1.5x.
+8. ``growth`` (`growth.py`): how a val pass's time grows with val questions (50..500), model
+   width (hidden 128..1024) and max new tokens (16..128), for plain, CAA and DAC, with a least-
+   squares line per method (slope, R^2; it should be straight in questions and tokens, and the
+   report says where it is not and why), written as a figure beside ``--out``
+   (``<stem>.growth.png``); and the peak memory of CAA vs DAC (three KV caches) at batch 32 with
+   1,024-token prompts (peak tensor bytes). Target: DAC <= 3x CAA's memory, R^2 >= 0.99.
 
 Parts 1, 3 and 4 use a random-weight Llama (default about 58M parameters; ``--hidden``,
-``--layers`` scale it up on a GPU). Random weights never stop on their own, so their
+``--layers`` scale it up on a GPU), part 8 the same model at the sizes it sweeps
+(``--growth-*``). Random weights never stop on their own, so their
 generation has a fixed length: the end-of-sequence id is one the model cannot emit.
 Shared helpers: `common.py` (timing, results, report), `bench_models.py` (models, questions),
 `generation.py` (the batch of parts 1 and 4).
 
-    python scripts/bench --out bench.json            # everything (about 10-15 min, 2-core CPU)
+    python scripts/bench --out bench.json            # everything (about 15-20 min, 2-core CPU)
     python scripts/bench --quick --out /tmp/q.json   # smoke run: tiny models, seconds
     python scripts/bench --parts hook,dac --device cuda --dtype bfloat16 --hidden 2048
 
@@ -61,6 +68,7 @@ from common import DTYPES, ROOT, Result, machine, markdown
 from dac_cost import dac_contenders, dac_result
 from extraction import bench_activations
 from generation import CAA, Contender, generation_batch, timed_generation
+from growth import bench_growth
 from hook import hook_contenders, hook_result
 from pruning import bench_pruning
 from refill import bench_refill
@@ -70,7 +78,7 @@ from trial import bench_trial
 if str(ROOT) not in sys.path:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
-PARTS = ("hook", "trial", "activations", "dac", "pruning", "cache", "refill")
+PARTS = ("hook", "trial", "activations", "dac", "pruning", "cache", "refill", "growth")
 ORDER = (
     "hook_overhead",
     "trial_cost",
@@ -79,6 +87,7 @@ ORDER = (
     "pruning",
     "cache",
     "refill",
+    "growth",
 )
 """The report's order of results, one per part."""
 
@@ -170,7 +179,72 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--search-max-new-tokens", type=int, default=96, help="generation limit in the search"
     )
+    g = p.add_argument_group("growth (part growth: random Llama, fixed-length val passes)")
+    g.add_argument(
+        "--growth-questions",
+        type=_sizes,
+        default=(50, 100, 200, 500),
+        help="val questions of the questions sweep (comma-separated)",
+    )
+    g.add_argument(
+        "--growth-hidden",
+        type=_sizes,
+        default=(128, 256, 512, 1024),
+        help="hidden sizes of the width sweep (comma-separated; each divisible by --heads)",
+    )
+    g.add_argument(
+        "--growth-tokens",
+        type=_sizes,
+        default=(16, 32, 64, 128),
+        help="max new tokens of the tokens sweep (comma-separated)",
+    )
+    g.add_argument(
+        "--growth-at-questions",
+        type=int,
+        default=25,
+        help="val questions of the width and tokens sweeps",
+    )
+    g.add_argument(
+        "--growth-at-hidden",
+        type=int,
+        default=128,
+        help="hidden size of the questions and tokens sweeps and of the memory probe",
+    )
+    g.add_argument(
+        "--growth-at-tokens",
+        type=int,
+        default=8,
+        help="max new tokens of the questions and width sweeps",
+    )
+    g.add_argument("--growth-layers", type=int, default=4, help="decoder layers of every model")
+    g.add_argument("--growth-batch", type=int, default=25, help="val batch size of a val pass")
+    g.add_argument(
+        "--growth-repeats", type=int, default=2, help="timed repeats per point (median reported)"
+    )
+    g.add_argument(
+        "--memory-batch", type=int, default=32, help="prompts of the peak-memory generation"
+    )
+    g.add_argument(
+        "--memory-prompt-tokens",
+        type=int,
+        default=1024,
+        help="tokens per prompt (random ids) of the peak-memory generation",
+    )
+    g.add_argument(
+        "--memory-new-tokens",
+        type=int,
+        default=4,
+        help="new tokens of the peak-memory generation (a few: the caches are the prompt's)",
+    )
     return p
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    """``50,100,200`` -> (50, 100, 200): a sweep, at least two increasing positive sizes."""
+    sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    if len(sizes) < 2 or sizes[0] < 1 or list(sizes) != sorted(set(sizes)):
+        raise argparse.ArgumentTypeError(f"want two or more increasing sizes, got {text!r}")
+    return sizes
 
 
 QUICK = {
@@ -192,8 +266,21 @@ QUICK = {
     "rounds": 2,
     "search_val": 6,
     "search_max_new_tokens": 6,
+    "growth_questions": (4, 8),
+    "growth_hidden": (32, 64),
+    "growth_tokens": (2, 4),
+    "growth_at_questions": 4,
+    "growth_at_hidden": 32,
+    "growth_at_tokens": 2,
+    "growth_layers": 2,
+    "growth_batch": 4,
+    "growth_repeats": 1,
+    "memory_batch": 2,
+    "memory_prompt_tokens": 16,
+    "memory_new_tokens": 2,
 }
-"""What --quick changes (each field only where it would be larger)."""
+"""What --quick changes (each field only where it would be larger; a sweep where its largest
+size would be)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -205,7 +292,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         build_parser().error(f"unknown --parts {sorted(unknown)}; choose from {PARTS}")
     if args.quick:
         for name, value in QUICK.items():
-            setattr(args, name, min(getattr(args, name), value))
+            mine = getattr(args, name)
+            if isinstance(value, tuple):
+                setattr(args, name, value if max(mine) > max(value) else mine)
+            else:
+                setattr(args, name, min(mine, value))
     return args
 
 
@@ -258,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
-        if {"hook", "dac", "activations", "cache", "refill"} & set(args.parts):
+        if {"hook", "dac", "activations", "cache", "refill", "growth"} & set(args.parts):
             bench = random_bench(args, device)
             if {"hook", "dac"} & set(args.parts):
                 _progress("generation: plain, CAA, DAC", started)
@@ -266,6 +357,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if "activations" in args.parts:
                 _progress("activation extraction", started)
                 results.append(bench_activations(args, device, bench))
+            if "growth" in args.parts:
+                results.append(
+                    bench_growth(args, device, bench, lambda what: _progress(what, started))
+                )
         if {"trial", "pruning", "cache", "refill"} & set(args.parts):
             tiny, what = resolve_tiny(args, workdir)
             if "cache" in args.parts:

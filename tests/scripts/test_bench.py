@@ -24,6 +24,7 @@ BENCHMARKS = {
     "pruning",
     "cache",
     "refill",
+    "growth",
 }
 
 
@@ -57,13 +58,38 @@ def test_quick_benchmark_writes_every_ratio(tmp_path: Path, gsm8k_dir: Path) -> 
     assert pruning["median_pruner"]["generated_tokens"] > 0
     assert pruning["no_pruner"]["generated_tokens"] > 0
 
+    growth = report["benchmarks"]["growth"]["details"]
+    figure = Path(growth["figure"])
+    assert figure == tmp_path / "bench.growth.png", "the figure lies beside the JSON"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    methods = {"plain", "CAA", "DAC"}
+    assert set(growth["sweeps"]) == {"questions", "hidden", "tokens"}
+    for name, sweep in growth["sweeps"].items():
+        assert len(sweep["values"]) >= 2 and sweep["values"] == sorted(sweep["values"]), name
+        assert set(sweep["median_s"]) == methods, name
+        for method, medians in sweep["median_s"].items():
+            assert len(medians) == len(sweep["values"]), (name, method)
+        assert set(growth["fits"][name]) == methods, name
+    for name in ("questions", "tokens"):
+        for method, fit in growth["fits"][name].items():
+            assert {"slope_s", "intercept_s", "r2", "bend"} <= set(fit), (name, method)
+    for fit in growth["fits"]["hidden"].values():
+        assert math.isfinite(fit["exponent"])
+    memory = growth["memory"]
+    assert set(memory["extra_peak_mib"]) == methods
+    kv = memory["kv_cache_mib_analytic"]
+    assert kv["DAC"] == pytest.approx(3 * kv["CAA"]) and kv["CAA"] > 0  # three caches vs one
+    assert growth["not_linear"], "the width sweep is always explained"
+
     table = out.with_suffix(".md").read_text()
     assert "| benchmark | ratio | target | met | measured |" in table
     assert len([line for line in table.splitlines() if line.startswith("| ")]) == 2 + len(
         BENCHMARKS
     )
     written = {p.name for p in tmp_path.iterdir()}
-    assert written == {"bench.json", "bench.md"}, "nothing else lands in the caller's folder"
+    assert written == {"bench.json", "bench.md", "bench.growth.png"}, (
+        "nothing else lands in the caller's folder"
+    )
 
 
 def test_bench_dac_wrapper_runs_the_bench(tmp_path: Path) -> None:
@@ -86,7 +112,7 @@ def test_bench_dac_wrapper_runs_the_bench(tmp_path: Path) -> None:
 def bench(monkeypatch: pytest.MonkeyPatch):
     """A namespace of the bench's modules; they leave sys.modules afterwards (bare names)."""
     monkeypatch.syspath_prepend(str(BENCH))
-    names = ("common", "bench_models", "extraction")
+    names = ("common", "bench_models", "extraction", "growth")
     modules = argparse.Namespace(**{n: importlib.import_module(n) for n in names})
     yield modules
     for path in BENCH.glob("*.py"):
@@ -134,3 +160,16 @@ def test_add_after_layer_steers_like_steer_then_restores(bench, random_model) ->
     torch.testing.assert_close(naive, steered)
     assert "forward" not in vars(block)  # the class's forward again
     torch.testing.assert_close(random_model(input_ids=ids).logits, before)
+
+
+def test_growth_fits_tell_a_line_from_a_curve(bench) -> None:
+    x = [16, 32, 64, 128]
+    line = bench.growth.line_fit(x, [0.5 + 0.01 * v for v in x])
+    assert line["slope_s"] == pytest.approx(0.01) and line["intercept_s"] == pytest.approx(0.5)
+    assert line["r2"] == pytest.approx(1.0) and line["bend"] == pytest.approx(1.0)
+    assert bench.growth.straight(line)
+    curve = bench.growth.line_fit(x, [1e-4 * v * v for v in x])
+    assert curve["bend"] > bench.growth.BEND and not bench.growth.straight(curve)
+    square = bench.growth.exponent_fit(x, [3.0 * v * v for v in x])
+    assert square["exponent"] == pytest.approx(2.0)
+    assert square["segment_exponents"] == pytest.approx([2.0, 2.0, 2.0])
