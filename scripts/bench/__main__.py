@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=int, default=512, help="hidden size")
     g.add_argument("--layers", type=int, default=8, help="decoder layers")
     g.add_argument("--heads", type=int, default=8, help="attention heads")
+    g.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
     g.add_argument("--vocab", type=int, default=32000, help="model vocabulary (Llama's 32000)")
     g.add_argument("--batch", type=int, default=8, help="prompts per generation batch")
     g.add_argument("--new-tokens", type=int, default=64, help="generated tokens per row")

@@ -80,7 +80,7 @@ def random_llama(args: argparse.Namespace, device: torch.device) -> nn.Module:
         intermediate_size=int(args.hidden * 2.75 // 64 * 64) or 4 * args.hidden,
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
+        num_key_value_heads=getattr(args, "kv_heads", None) or args.heads,
         max_position_embeddings=2048,
         pad_token_id=0,
         bos_token_id=1,
