@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,6 +132,7 @@ class SteeredLM(pl.LightningModule):
         self.records: list[dict[str, Any]] = []  # per-question test outcomes, both models
         self.generation_memo: dict | None = None  # unsteered generations, shared by a search
         self.generated_tokens = 0
+        self.on_rows_done: Callable[[int], None] | None = None  # set by a progress callback
         self.log_probe_figure = True  # a search turns it off for its trials
         self._dac_alphas: list[Tensor] = []  # DAC's alpha_t per row and step, this epoch
         self.strict_loading = False  # checkpoints leave out the frozen base weights
@@ -209,23 +212,19 @@ class SteeredLM(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._finish_fit()
 
-    def _icl_vectors(self) -> dict[str, Tensor]:
-        return icl_vectors(
-            self.model, self.tokenizer, self.preset, self.trainer.datamodule, self.dac
-        )
-
     def _finish_fit(self) -> None:
         """Turn the collected (or cached) activations into vectors and probes, once per fit."""
         if self.trainer.state.fn != "fit" or self._fit is None:
             return
         if self.steering and self.steering is self._fit.state:
             return
+        icl = (self.model, self.tokenizer, self.preset, self.trainer.datamodule, self.dac)
         state = self._fit.finish(
             self.hparams.pairs,
             self.hparams.seed,
             lambda items: _all_ranks(self.trainer, items),
             self.trainer.is_global_zero,
-            extra=self._icl_vectors if self._fit.state_key["icl"] else None,
+            extra=partial(icl_vectors, *icl) if self._fit.state_key["icl"] else None,
         )
         self.steering = state
         for i, value in enumerate(state["probe_auc"].tolist()):
@@ -241,7 +240,7 @@ class SteeredLM(pl.LightningModule):
     def generate_batch(self, batch: dict[str, Any], steered: bool = True):
         """Generate completions for a batch, steered as configured (or not at all)."""
         args = (self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"])
-        slots = batch.get("slots")  # rows decoded at once (a val/test step holds more)
+        slots, on_finish = batch.get("slots"), self.on_rows_done  # (a val/test step: many)
         if steered and self.steers:
             icl = self.hparams.method == "dac" and self.dac.vectors == "icl"
             gen = steered_generate(
@@ -252,6 +251,7 @@ class SteeredLM(pl.LightningModule):
                 self.preset.stop,
                 step_vectors=self.steering_vector("icl_vectors") if icl else None,
                 slots=slots,
+                on_finish=on_finish,
             )
             if isinstance(gen, DACGeneration):
                 self._dac_alphas.append(gen.alphas)
@@ -261,7 +261,8 @@ class SteeredLM(pl.LightningModule):
             memo = self.generation_memo if self.generation_memo is not None else {}
             if key in memo:
                 return memo[key]
-            gen = memo[key] = refill_generate(*args, self.settings, self.preset.stop, slots)
+            stop = self.preset.stop
+            gen = memo[key] = refill_generate(*args, self.settings, stop, slots, None, on_finish)
         self.generated_tokens += int((gen.tokens != self.tokenizer.pad_token_id).sum())
         return gen
 

@@ -31,23 +31,36 @@ def _questions(dataloaders: Any) -> int:
 class PassProgress(Callback):
     """Lines for the train pass (reading activations), each val round and the test pass.
 
-    Within a step (minutes on a big model), a forward pre-hook counts the model's forward
-    calls, so a line also comes every `every_s` seconds while one step decodes.
+    A val or test step holds many questions (minutes on a big model): the module reports rows
+    as they finish (`on_rows_done`), which advance the count and its ETA within the step, and a
+    forward pre-hook gives a line every `every_s` seconds while no row finishes.
     """
 
     def __init__(self, every_s: float = 30.0, fraction: float = 0.1, prefix: str = "") -> None:
         self.every_s, self.fraction, self.prefix = every_s, fraction, prefix
         self._pace: Pace | None = None
         self._tokens = 0
+        self._counted = 0  # questions of the current step already counted
         self._hook = None
+        self._module: pl.LightningModule | None = None
 
-    def _watch_batch(self, pl_module: pl.LightningModule, what: str, batch: Any) -> None:
-        """Count forwards while a step generates; a line every `every_s` seconds."""
+    def _watch_batch(self, pl_module: pl.LightningModule, stage: str, batch: Any) -> None:
+        """Count the step's finished rows and its forwards while it generates."""
         model = getattr(pl_module, "model", None)
+        self._unwatch()
         if self._pace is None or model is None or not pl_module.trainer.is_global_zero:
             return
-        started, last, forwards = time.monotonic(), [time.monotonic()], [0]
-        questions = len(batch["ids"])
+        what, questions = _what(pl_module.trainer, stage), len(batch["ids"])
+        # a steering test step generates every question twice: steered, then the baseline
+        passes = 2 if stage == "test" and getattr(pl_module, "steers", False) else 1
+        started, last, forwards, rows = time.monotonic(), [time.monotonic()], [0], [0]
+
+        def rows_done(n: int) -> None:
+            rows[0] += n
+            last[0] = time.monotonic()
+            # (the step's last question is counted at its end, with the accuracy scored)
+            done = min(rows[0] // passes, questions - 1)
+            self._advance(what, stage, pl_module, done - self._counted)
 
         def count(_module, _args) -> None:
             forwards[0] += 1
@@ -59,13 +72,15 @@ class PassProgress(Callback):
                     f"the next {questions}: {forwards[0]} forward passes in {now - started:.0f}s"
                 )
 
-        self._unwatch()
         self._hook = model.register_forward_pre_hook(count)
+        self._module, pl_module.on_rows_done = pl_module, rows_done
 
     def _unwatch(self) -> None:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self._module is not None:
+            self._module.on_rows_done, self._module = None, None
 
     # The clock starts at a pass's first batch, after the module's epoch-start work (fitting
     # the probes at the end of `fit`), which is not the pass's.
@@ -86,11 +101,12 @@ class PassProgress(Callback):
         self._pace = Pace(total, self.every_s, self.fraction) if total else None
         self._tokens = getattr(pl_module, "generated_tokens", 0)
 
-    def _report(self, what: str, batch: Any, pl_module: pl.LightningModule, stage: str) -> None:
-        self._unwatch()
-        if self._pace is None or not pl_module.trainer.is_global_zero:
+    def _advance(self, what: str, stage: str, pl_module: pl.LightningModule, n: int) -> None:
+        """Count `n` more questions done; a line when one is due."""
+        if n <= 0 or self._pace is None or not pl_module.trainer.is_global_zero:
             return
-        if not self._pace.advance(len(batch["ids"])):
+        self._counted += n
+        if not self._pace.advance(n):
             return
         line = self._pace.line(f"{self.prefix}{what}", "questions")
         tokens = getattr(pl_module, "generated_tokens", 0) - self._tokens
@@ -102,6 +118,13 @@ class PassProgress(Callback):
             line += f", acc {float(metric.strict.correct) / int(metric.strict.total):.3f}"
         log.info(line)
 
+    def _report(self, stage: str, batch: Any, pl_module: pl.LightningModule) -> None:
+        """A step is done: count its questions not counted yet."""
+        self._unwatch()
+        what = _what(pl_module.trainer, stage)
+        self._advance(what, stage, pl_module, len(batch["ids"]) - self._counted)
+        self._counted = 0
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == 0:  # after the module's epoch start, which knows what is cached
             fit = getattr(pl_module, "_fit", None)
@@ -109,16 +132,22 @@ class PassProgress(Callback):
             self._start(_questions(trainer.train_dataloader) if collecting else 0, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._report("train activations", batch, pl_module, "")
+        self._report("train", batch, pl_module)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
-        rounds = trainer.max_epochs or 1
-        in_rounds = trainer.state.fn == "fit" and rounds > 1  # a search trial's pruning rounds
-        what = f"val round {trainer.current_epoch + 1}/{rounds}" if in_rounds else "val"
-        self._report(what, batch, pl_module, "val")
+        self._report("val", batch, pl_module)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
-        self._report("test (steered and baseline)", batch, pl_module, "test")
+        self._report("test", batch, pl_module)
+
+
+def _what(trainer: pl.Trainer, stage: str) -> str:
+    """A pass's name in its lines: `train activations`, `val round 2/4`, `val`, `test ...`."""
+    if stage == "val":
+        rounds = trainer.max_epochs or 1
+        in_rounds = trainer.state.fn == "fit" and rounds > 1  # a search trial's pruning rounds
+        return f"val round {trainer.current_epoch + 1}/{rounds}" if in_rounds else "val"
+    return {"train": "train activations", "test": "test (steered and baseline)"}[stage]
 
 
 class StepProgress(Callback):

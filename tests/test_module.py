@@ -337,3 +337,32 @@ def test_on_policy_pairs_label_the_models_own_generations(llama, tmp_path):
     with pytest.raises(SteerlightError, match="train examples are all bad"):
         trainer(tmp_path, logger=False).fit(module, datamodule(llama, limit_train=4))
     assert module.generated_tokens > 0, "the labels come from the model's own generations"
+
+
+def test_progress_counts_questions_as_their_rows_finish(llama, tmp_path, caplog):
+    """A val or test step of several batches reports questions as their rows finish, with an
+    ETA, not only when the step ends; the module's hook is gone afterwards."""
+    from steerlight.progress import PassProgress
+
+    dm = datamodule(llama, val_size=10, batch_size=2)  # one step of 10 (val) and 12 (test)
+    module = steered(llama, tmp_path)
+    run = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[PassProgress(fraction=0.05)],
+    )
+    with caplog.at_level(logging.INFO, logger="steerlight.progress"):
+        run.fit(module, dm)
+        run.test(module, dm)
+    for what, total in (("val", 10), ("test (steered and baseline)", 12)):
+        assert len(list(getattr(dm, f"{what.split()[0]}_dataloader")())) == 1, "one step"
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(what + ":")]
+        done = [int(line.split(": ")[1].split("/")[0]) for line in lines]
+        assert done == sorted(done) and done[-1] == total and len(done) > 2, lines
+        assert "ETA" in lines[0]
+    assert module.on_rows_done is None

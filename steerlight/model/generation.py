@@ -102,11 +102,17 @@ def in_batches(
     attention_mask: Tensor,
     size: int | None,
     pad_id: int,
+    on_finish: Callable[[int], None] | None = None,
 ) -> Generation:
-    """`fn` (a left-padded batch -> its `Generation`) run on groups of `size` rows at a time."""
-    if size is None or size >= len(input_ids):
-        return fn(input_ids, attention_mask)
-    parts = [fn(ids, mask) for ids, mask in split_rows(input_ids, attention_mask, size)]
+    """`fn` (a left-padded batch -> its `Generation`) run on groups of `size` rows at a time;
+    `on_finish(rows)` after each group."""
+    whole = size is None or size >= len(input_ids)
+    groups = [(input_ids, attention_mask)] if whole else split_rows(input_ids, attention_mask, size)
+    parts = []
+    for ids, mask in groups:
+        parts.append(fn(ids, mask))
+        if on_finish is not None:
+            on_finish(len(ids))
     return cat_generations(parts, pad_id)
 
 

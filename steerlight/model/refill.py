@@ -12,14 +12,15 @@ neighbours or its padding; the tests check this against `generate` on several ar
 Steered rows that joined at different columns get their own prompt widths
 (`Steering.prompt_len` as a (rows,) tensor), so the same columns are steered as in `generate`.
 
-Prompts are taken longest first, so a later prompt always fits in the running width. Sampling,
-per-row steering strengths (their rows would move), and caches whose rows cannot be joined (a
-model's own cache class or layer kind, static caches, models without a cache) use `generate`.
+Prompts are taken longest first, so a later prompt always fits in the running width. Sampling
+and caches whose rows cannot be joined (a model's own cache class or layer kind, static caches,
+models without a cache) use `generate` on `slots` rows at a time, each group as collated alone;
+per-row steering strengths (their rows would move) use it on every row at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -124,6 +125,7 @@ def refill_generate(
     stop_strings: Sequence[str] = (),
     slots: int | None = None,
     steering: Any = None,
+    on_finish: Callable[[int], None] | None = None,
 ) -> Generation:
     """`generate`'s completions, decoded `slots` rows at a time with row refill.
 
@@ -131,6 +133,7 @@ def refill_generate(
         slots: rows decoded at once (default: all; fewer is where refill saves work).
         steering: the `Steering` of an active `steer` block on `model`, whose prompt widths
             this loop sets per row (its ``prompt_len`` must be the batch's padded width).
+        on_finish: called with the number of rows that just finished (progress reports).
     """
     settings = settings or GenerationSettings()
     check_left_padded(input_ids, attention_mask)
@@ -143,9 +146,8 @@ def refill_generate(
         or per_row
     ):
         groups = None if per_row else slots  # (per-row strengths: every row at once)
-        return _fallback(
-            model, tokenizer, input_ids, attention_mask, settings, stop_strings, groups, steering
-        )
+        args = (input_ids, attention_mask, settings, stop_strings, groups, steering, on_finish)
+        return _fallback(model, tokenizer, *args)
     eos_ids = stop_token_ids(model, tokenizer)
     eos = set(eos_ids)
     pad_id = pad_token_id(model, tokenizer)
@@ -167,20 +169,14 @@ def refill_generate(
         if joining:
             new_logits, cache = _join(forward, steering, active, cache, prompts, joining, pad_id)
             if cache is None:  # not joinable: the whole batch the plain way
-                return _fallback(
-                    model,
-                    tokenizer,
-                    input_ids,
-                    attention_mask,
-                    settings,
-                    stop_strings,
-                    slots,
-                    steering,
-                )
+                args = (input_ids, attention_mask, settings, stop_strings, slots, steering)
+                return _fallback(model, tokenizer, *args, on_finish)
             logits = new_logits if logits is None else torch.cat([logits, new_logits])
         nxt = logits.argmax(-1)
         keep = _advance(active, nxt, eos, stopped, settings.max_new_tokens, done)
         if len(keep) < len(active.index):
+            if on_finish is not None:
+                on_finish(len(active.index) - len(keep))
             _keep_rows(active, cache, keep)
             if keep:
                 _trim_pads(active, cache, steering)
@@ -188,7 +184,7 @@ def refill_generate(
 
 
 def _fallback(
-    model, tokenizer, input_ids, attention_mask, settings, stop_strings, slots, steering
+    model, tokenizer, input_ids, attention_mask, settings, stop_strings, slots, steering, on_finish
 ) -> Generation:
     """`generate`, `slots` rows at a time, each group steered at its own prompt width."""
 
@@ -196,7 +192,8 @@ def _fallback(
         _set_widths(steering, ids.shape[1])
         return generate(model, tokenizer, ids, mask, settings, stop_strings)
 
-    return in_batches(batch, input_ids, attention_mask, slots, pad_token_id(model, tokenizer))
+    pad_id = pad_token_id(model, tokenizer)
+    return in_batches(batch, input_ids, attention_mask, slots, pad_id, on_finish)
 
 
 def _set_widths(steering: Any, widths: Tensor | int) -> None:

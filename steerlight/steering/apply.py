@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,17 +67,18 @@ def steered_generate(
     stop_strings: Sequence[str],
     step_vectors: Tensor | None = None,
     slots: int | None = None,
+    on_finish: Callable[[int], None] | None = None,
 ) -> Generation:
     """Completions for a left-padded batch, steered as `config` says (CAA hooks or DAC).
 
     At most `slots` rows are decoded at once (default: all). Plain and CAA generation decode
     with row refill (`refill_generate`: a finished row's slot takes the next prompt; the same
     tokens as padded batching); DAC runs its own loop on `slots` rows at a time, from which
-    finished rows leave.
+    finished rows leave. `on_finish(rows)` is told as rows finish (progress reports).
     """
     args = (model, tokenizer, input_ids, attention_mask)
     if not config.steers:
-        return refill_generate(*args, settings, stop_strings, slots)
+        return refill_generate(*args, settings, stop_strings, slots, on_finish=on_finish)
     if config.method == "dac":
 
         def dac(ids: Tensor, mask: Tensor) -> Generation:
@@ -97,9 +98,10 @@ def steered_generate(
                 step_vectors=step_vectors,
             )
 
-        return in_batches(dac, input_ids, attention_mask, slots, pad_token_id(model, tokenizer))
+        pad_id = pad_token_id(model, tokenizer)
+        return in_batches(dac, input_ids, attention_mask, slots, pad_id, on_finish)
     width = input_ids.shape[1]
     with steer(
         model, config.layer, vector, config.alpha, config.positions, prompt_len=width
     ) as steering:
-        return refill_generate(*args, settings, stop_strings, slots, steering)
+        return refill_generate(*args, settings, stop_strings, slots, steering, on_finish)
