@@ -350,6 +350,7 @@ def test_progress_counts_questions_as_their_rows_finish(llama, tmp_path, caplog)
         accelerator="cpu",
         max_epochs=1,
         num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),  # where the test's verdict files go
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
