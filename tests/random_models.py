@@ -345,3 +345,15 @@ def build_all(root: str | Path, archs: list[str] | None = None) -> dict[str, Pat
     root = Path(root)
     build_tokenizer_dir(root / "tokenizer")
     return {arch: build_tiny_model(arch, root / arch) for arch in (archs or list(ARCHS))}
+
+
+def ending_id(tokens: torch.Tensor) -> int:
+    """The generated id that, made an end-of-sequence id, ends the rows of `tokens` at the most
+    different steps (its first occurrence in each row; rows without it run to the end). Random
+    weights never stop on their own: this makes rows stop at different steps."""
+
+    def lengths(x: int) -> set[int]:
+        hit = tokens == x
+        return set(torch.where(hit.any(1), hit.int().argmax(1) + 1, tokens.shape[1]).tolist())
+
+    return max(tokens.unique().tolist(), key=lambda x: len(lengths(x)))

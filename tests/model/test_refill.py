@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from random_models import ending_id
 
 from steerlight.model import refill
 from steerlight.model.generation import GenerationSettings, cat_generations, generate, split_rows
@@ -38,16 +39,10 @@ class _EarlyStop:
 
 
 def _early_stop_tokenizer(model, tokenizer, ids, mask):
-    """An EOS id that ends rows at different steps: a token of a free run whose first
-    occurrence varies most across rows (rows without it run to the limit)."""
+    """The tokenizer with an EOS id that ends rows at different steps (`ending_id` of a free
+    run)."""
     free = generate(model, tokenizer, ids, mask, GenerationSettings(max_new_tokens=12)).tokens
-
-    def spread(token: int) -> int:
-        hits = free == token
-        first = torch.where(hits.any(1), hits.float().argmax(1), torch.tensor(12))
-        return len(set(first.tolist()))
-
-    return _EarlyStop(tokenizer, max(free.unique().tolist(), key=spread))
+    return _EarlyStop(tokenizer, ending_id(free))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

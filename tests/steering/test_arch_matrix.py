@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from naive_steering import full_forward_kwargs, naive_dac, naive_greedy
-from random_models import ARCHS
+from random_models import ARCHS, ending_id
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -134,17 +134,6 @@ def test_dac_exact(arch, tiny_random_model, tiny_random_tokenizer):
         assert torch.equal(got.tokens[i, : alone.tokens.shape[1]], alone.tokens[0]), i
 
 
-def _ending_id(tokens: Tensor) -> int:
-    """The generated id that, made an end-of-sequence id, ends the rows of `tokens` at the most
-    different steps (its first occurrence in each row; rows without it run to the end)."""
-
-    def lengths(x: int) -> set[int]:
-        hit = tokens == x
-        return set(torch.where(hit.any(1), hit.int().argmax(1) + 1, tokens.shape[1]).tolist())
-
-    return max(tokens.unique().tolist(), key=lambda x: len(lengths(x)))
-
-
 ENDING = ("llama", "gpt2", "gemma2", "lfm2", "falcon_h1", "mamba", "minimax", "openai-gpt")
 """One architecture per cache kind: attention, sliding window, hybrid, SSM, a cache class of
 its own (rows cannot leave it) and no cache."""
@@ -159,7 +148,7 @@ def test_dac_rows_that_end_early_leave_exactly(arch, tiny_random_model, tiny_ran
     v = _vector(model, 5.0)  # weaker than DAC_NORM: rows stay different, so they end apart
     kwargs = {"alpha_max": DAC_ALPHA_MAX, "positions": "prompt_end+generated"}
     full = dac_generate(model, tok, ids, mask, LAYER, v, SETTINGS, **kwargs)
-    ends = [tok.eos_token_id, _ending_id(full.tokens)]
+    ends = [tok.eos_token_id, ending_id(full.tokens)]
     own = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = ends
     rows: list[int] = []  # the rows of every forward
