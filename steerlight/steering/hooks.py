@@ -93,7 +93,7 @@ def _reported_length(cache: Any) -> int:
         return int(cache[0][0].shape[-2])  # legacy tuples of (key, value)
     try:
         return int(cache.get_seq_length())
-    except (AttributeError, TypeError, ValueError):  # no count: only linear-attention layers
+    except (AttributeError, TypeError, ValueError):  # no count: linear attention before 5.25
         pass
     has_previous_state = getattr(cache, "has_previous_state", None)
     try:

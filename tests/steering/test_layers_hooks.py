@@ -326,21 +326,39 @@ def test_columns_are_counted_without_a_mask(arch, model_for, tiny_random_tokeniz
     assert not torch.allclose(plain, recomputed, atol=1e-3)
 
 
-def test_cache_filled_outside_the_block_needs_a_length(model_for, tiny_random_tokenizer):
-    """A state-space cache filled before `steer` holds a state but no length: a forward on it
-    without a mask stops, unless the caller says how many columns it holds (`track`)."""
+def _without_length(cache_):
+    """The cache as Transformers < 5.25 made it: linear-attention layers kept no column count, so
+    `get_seq_length` raised (5.25 added `LinearAttentionLayer.cumulative_length_linear`)."""
+
+    def no_count(layer_idx: int = 0) -> int:
+        raise ValueError("`get_seq_length` can only be called on Attention layers")
+
+    cache_.get_seq_length = no_count
+    return cache_
+
+
+def test_cache_filled_outside_the_block_counts_or_needs_a_length(model_for, tiny_random_tokenizer):
+    """A state-space cache filled before `steer`: where it counts its columns (Transformers >=
+    5.25) the hook reads that count and steers the right column; where it holds a state but no
+    count, a forward without a mask stops, unless the caller says how many columns it holds."""
     model = model_for("mamba")
     ids, _ = _encode(tiny_random_tokenizer, PROMPTS[:1])
     v = _vector(model, seed=6)
     with torch.no_grad():
         cache_ = model(input_ids=ids[:, :-1], use_cache=True).cache
         with steer(model, 0, v, 8.0, "prompt_end+generated", prompt_len=ids.shape[1]) as s:
-            with pytest.raises(RuntimeError, match="reports no length"):
-                model(input_ids=ids[:, -1:], cache=copy.deepcopy(cache_))
-            s.track(cache_, ids.shape[1] - 1)
-            tracked = model(input_ids=ids[:, -1:], cache=cache_).logits[:, -1]
             full = model(input_ids=ids, use_cache=False).logits[:, -1]
+            uncounted = _without_length(copy.deepcopy(cache_))
+            with pytest.raises(RuntimeError, match="reports no length"):
+                model(input_ids=ids[:, -1:], cache=copy.deepcopy(uncounted))
+            s.track(uncounted, ids.shape[1] - 1)
+            tracked = model(input_ids=ids[:, -1:], cache=uncounted).logits[:, -1]
+            if hasattr(cache_.layers[0], "cumulative_length_linear"):
+                assert int(cache_.get_seq_length()) == ids.shape[1] - 1
+                counted = model(input_ids=ids[:, -1:], cache=cache_).logits[:, -1]
+                torch.testing.assert_close(counted, full, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(tracked, full, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(tracked, model(input_ids=ids).logits[:, -1], atol=1e-3)
 
 
 def test_per_column_strengths_and_vectors(model_for, tiny_random_tokenizer):
