@@ -140,9 +140,7 @@ def contenders(args, model, ids, mask, device) -> dict:
             return generate(model, tok, ids, mask, settings).tokens
 
     def dac():
-        out = dac_generate(
-            model, tok, ids, mask, layer, vector, settings, top_p=0.9, alpha_max=2.0
-        )
+        out = dac_generate(model, tok, ids, mask, layer, vector, settings, top_p=0.9, alpha_max=2.0)
         return out.tokens
 
     alpha = torch.tensor(2.0, device=device, dtype=model.dtype)
@@ -231,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
             tokens_per_s=args.batch * args.new_tokens / statistics.median(times[name]),
             roofline_fraction=roofline_ms / ms,
             times_s=times[name],
-            same_tokens_as_plain_eager=None if base is None else bool(torch.equal(tokens[name], base)),
+            same_tokens_as_plain_eager=None if base is None else torch.equal(tokens[name], base),
         )
     ms = {name: results["contenders"][name]["ms_per_step"] for name in live}
     ratio = {
