@@ -19,6 +19,7 @@ from steerlight.checkpoint import SteeringCheckpoint, check_checkpoint
 from steerlight.data.datamodule import GSM8KDataModule
 from steerlight.errors import SteerlightError, one_line
 from steerlight.io import ensure_writable_dir, read_config
+from steerlight.model.loading import model_source
 from steerlight.module import SETTINGS_GROUPS, SteeredLM
 
 # Lightning's advice for training loops that does not apply to a frozen, closed-form model.
@@ -141,6 +142,9 @@ class SteerlightCLI(LightningCLI):
                     cls(**(group.as_dict() if hasattr(group, "as_dict") else dict(group)))
                 except (TypeError, ValueError) as err:
                     raise SteerlightError(f"model.{name}: {one_line(str(err))}") from None
+        # The model source (a GGUF file converted once, an alias) is checked before the Trainer
+        # starts: Lightning's setup makes the logger's run folder before any model loads.
+        model_source(str(config.get("model", {}).get("model_name_or_path") or "tiny"))
         try:
             super().instantiate_classes()
         except SteerlightError:

@@ -11,7 +11,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from steerlight.errors import SteerlightError
+from steerlight.errors import SteerlightError, one_line
+from steerlight.model.aliases import ALIASES, missing_message, resolve_alias
+from steerlight.model.gguf import gguf_file, gguf_model_folder
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -31,14 +33,32 @@ def reuse_loaded_models() -> Iterator[None]:
 
 
 def check_model_path(name_or_path: str) -> str:
-    """A Hub id (`name` or `org/name`) as it is; anything else must be a folder on this machine."""
-    local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
-    if local and not Path(name_or_path).expanduser().is_dir():
-        raise SteerlightError(
-            f"model {name_or_path!r} does not exist: pass a folder holding a saved model "
-            "(config.json and weights), a Hugging Face model id such as 'org/name', or 'tiny'"
-        )
+    """A Hub id (`name` or `org/name`) as it is; anything else must exist on this machine: a
+    folder holding a saved model, a GGUF file, or a folder holding one GGUF file."""
+    path = Path(name_or_path).expanduser()
+    local = (
+        name_or_path.startswith(("/", ".", "~"))
+        or name_or_path.count("/") > 1
+        or path.suffix.lower() == ".gguf"
+    )
+    valid = (
+        "pass a folder holding a saved model (config.json and weights), a .gguf file, a Hugging "
+        f"Face model id such as 'org/name', or one of: tiny, {', '.join(ALIASES)}"
+    )
+    if local and not path.exists():
+        raise SteerlightError(f"model {name_or_path!r} does not exist: {valid}")
+    if path.is_file() and gguf_file(path) is None:
+        raise SteerlightError(f"model {name_or_path!r} is a file but not a GGUF file: {valid}")
     return name_or_path
+
+
+def model_source(name_or_path: str) -> str:
+    """What `from_pretrained` reads for `name_or_path`: an alias (``smollm2-135m-instruct``)
+    resolved, a GGUF file (or a folder holding one) converted once to its cached folder, a Hub
+    id or a saved model folder as it is."""
+    name = check_model_path(resolve_alias(name_or_path))
+    file = gguf_file(name) if Path(name).expanduser().exists() else None
+    return str(gguf_model_folder(file)) if file is not None else name
 
 
 def load_model(
@@ -65,7 +85,7 @@ def _load_model(name_or_path: str, revision, dtype: DType, trust_remote_code: bo
 
     if not sys.stderr.isatty():  # a bar redrawn with carriage returns is noise in a log file
         hf_logging.disable_progress_bar()
-    path = check_model_path(name_or_path)
+    path = model_source(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
@@ -83,7 +103,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     """The model's tokenizer, set up for left-padded batched generation."""
     from transformers import AutoTokenizer
 
-    path = check_model_path(name_or_path)
+    path = model_source(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(
             path, revision=revision, trust_remote_code=trust_remote_code
@@ -103,6 +123,8 @@ def _load_error(what: str, name: str, err: Exception, trust_remote_code: bool) -
             f"cannot load {what} {name!r}: it needs code from its own repository, which runs "
             "only with model.trust_remote_code: true (set it if you trust that code)"
         )
+    if name in ALIASES:  # its wheel is missing and the Hub did not answer
+        return SteerlightError(f"{missing_message(name)} ({one_line(str(err))})")
     return SteerlightError(f"cannot load {what} {name!r}: {err}")
 
 
