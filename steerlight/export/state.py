@@ -25,7 +25,7 @@ from torch import Tensor
 
 from steerlight.errors import SteerlightError
 from steerlight.model.layers import decoder_layers
-from steerlight.model.loading import check_model_path
+from steerlight.model.loading import check_model_path, model_source
 from steerlight.steering.caa import scale_vectors
 
 
@@ -128,7 +128,7 @@ def read_state(checkpoint: Mapping[str, Any], path: Path, target: str) -> Export
     name = hp.get("model_name_or_path") or base.get("name_or_path")
     if not name:
         raise SteerlightError(f"checkpoint {path} does not name its base model")
-    model_path = resolve_model_name(name)
+    model_path = model_source(resolve_model_name(name))  # a GGUF file: its converted folder
     revision = hp.get("revision")
     trust = bool(hp.get("trust_remote_code", False))
     structure = model_structure(model_path, revision, trust)
