@@ -37,6 +37,10 @@ STRICT_PATTERNS: dict[str, re.Pattern[str]] = {
     "sentence": re.compile(r"The answer is (\-?[0-9\.\,]+)."),
 }
 FLEXIBLE_PATTERN = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+ANSWER_LINE = re.compile(r"(?:^|\n)####[ \t]{0,3}\$?-?[0-9][0-9.,]{0,19}[ \t]{0,3}\n")
+"""A complete answer line: ``#### <number>`` alone on its line (a number of at most 20
+characters, a few spaces around it), ended by its newline. A stop rule for presets whose answers
+end with that line: the line is kept, what follows is cut."""
 _NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from steerlight.answers import AnswerForm
+from steerlight.answers import ANSWER_LINE, AnswerForm
 from steerlight.errors import SteerlightError
 
 PresetName = Literal["gsm8k", "gsm8k_cot", "gsm8k_cot_zeroshot", "chat"]
@@ -28,7 +28,8 @@ class Preset:
     name: str
     question_prefix: str
     answer_prefix: str
-    stop: tuple[str, ...]
+    stop: tuple[str | re.Pattern[str], ...]
+    """Stop strings (lm-eval's ``until``: cut before) and patterns (cut after the match)."""
     answer_form: AnswerForm
     default_shots: int
     chain_of_thought: bool = False
@@ -62,7 +63,8 @@ PRESETS: dict[str, Preset] = {
         Preset("gsm8k", "Question: ", "Answer:", ("Question:",), "hash", default_shots=5),
         Preset("gsm8k_cot", "Q: ", "A:", ("Q:",), "sentence", 8, chain_of_thought=True),
         Preset("gsm8k_cot_zeroshot", "Q: ", "A:", ("Q:",), "sentence", 0, chain_of_thought=True),
-        Preset("chat", "", "", (), "hash", default_shots=0),
+        # steerlight's own: a chat model ends its turn with its end-of-turn token, or here
+        Preset("chat", "", "", (ANSWER_LINE,), "hash", default_shots=0),
     )
 }
 

@@ -15,6 +15,11 @@ For decoding loops of their own (DAC), `ChunkForward` runs a forward with exactl
 ``generate`` would pass and learns whether the model keeps a cache at all, and
 `repeat_cache_rows` copies a cache's rows where that is exact for every layer kind
 (`reorderable`), and `StopMatcher` checks stop strings on a row's last tokens only.
+
+A stop is a string (cut before it, as lm-eval's ``until``) or a compiled pattern such as
+`steerlight.answers.ANSWER_LINE` (cut after its match, newline excluded: the text it matches
+is part of the answer). A row also ends at any id of `stop_token_ids`: the tokenizer's EOS, the
+generation config's EOS ids and the token a chat template closes the assistant's turn with.
 """
 
 from __future__ import annotations
@@ -23,13 +28,18 @@ import copy
 import dataclasses
 import inspect
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteriaList
+
+from steerlight.model.stops import PatternStop, Stop, StopMatcher, cut_at_stop
+
+__all__ = ["PatternStop", "Stop", "StopMatcher", "cut_at_stop"]  # (stops.py; imported from here)
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +127,42 @@ def in_batches(
 
 
 def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The tokenizer's EOS plus the EOS ids the model's generation config lists (<|eot_id|>...)."""
+    """The tokenizer's EOS, the EOS ids the model's generation config lists (<|eot_id|>...) and
+    the chat template's end-of-turn token (`end_of_turn_id`)."""
     ids: list[int] = []
     candidates = [tokenizer.eos_token_id]
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     candidates += gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]
+    candidates.append(end_of_turn_id(tokenizer))
     for i in candidates:
         if i is not None and int(i) not in ids:
             ids.append(int(i))
     return ids
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the tokenizer's chat template closes an assistant turn with
+    (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``), or None (no template, or plain text
+    after the turn). Read once per tokenizer from a rendered two-turn conversation."""
+    template = getattr(tokenizer, "chat_template", None)
+    known = getattr(tokenizer, "_steerlight_end_of_turn", None)
+    if known is not None and known[0] == template:
+        return known[1]
+    found = None
+    if template:
+        mark = "Steerlight end-of-turn probe."
+        chat = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": mark}]
+        try:
+            text = tokenizer.apply_chat_template(chat, tokenize=False)
+        except Exception as err:  # a template's own refusal (jinja raise_exception, roles)
+            log.debug("chat template gives no end-of-turn token: %s", err)
+            text = ""
+        after = text.rpartition(mark)[2] if mark in text else ""
+        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+        if ids and ids[0] in set(tokenizer.all_special_ids):
+            found = int(ids[0])
+    tokenizer._steerlight_end_of_turn = (template, found)
+    return found
 
 
 def pad_token_id(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int:
@@ -146,47 +183,8 @@ def check_left_padded(input_ids: Tensor, attention_mask: Tensor) -> None:
         raise ValueError("the batch must be left-padded (a row ends in padding)")
 
 
-def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
-    """`text` up to (not including) the earliest occurrence of any of `stop_strings`."""
-    cut = len(text)
-    for s in stop_strings:
-        if s:
-            i = text.find(s)
-            if i != -1:
-                cut = min(cut, i)
-    return text[:cut]
-
-
-class StopMatcher:
-    """Whether a row's text contains one of `stop_strings`, decoding only its last tokens.
-
-    A stop string that newly appears ends in the newest token's text, so the last
-    ``longest + 8`` tokens hold it; the whole row is decoded only when their text is too short
-    for that (special tokens decode to nothing, and a partial decode may differ in its first
-    characters). This keeps a step's check O(1) in the row's length instead of O(length).
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]) -> None:
-        self.tokenizer = tokenizer
-        self.stops = [s for s in stop_strings if s]
-        self.longest = max(map(len, self.stops), default=0)
-        self.tail = self.longest + 8
-
-    def __call__(self, row: list[int]) -> bool:
-        """Whether the text of `row` (token ids, newest last) contains a stop string."""
-        if not self.stops:
-            return False
-        decode = self.tokenizer.decode
-        text = decode(row[-self.tail :], skip_special_tokens=True)
-        if len(row) > self.tail:
-            newest = decode(row[-1:], skip_special_tokens=True)
-            if len(text) < self.longest + len(newest) + 2:
-                text = decode(row, skip_special_tokens=True)
-        return any(s in text for s in self.stops)
-
-
 def _generation_config(
-    settings: GenerationSettings, pad_id: int, eos_ids: list[int], stop_strings: Sequence[str]
+    settings: GenerationSettings, pad_id: int, eos_ids: list[int], stop_strings: Sequence[Stop]
 ) -> GenerationConfig:
     defaults = GenerationConfig._get_default_generation_params()
     sampling = (
@@ -213,7 +211,7 @@ def _generation_config(
         length_penalty=1.0,
         pad_token_id=pad_id,
         eos_token_id=eos_ids,
-        stop_strings=list(stop_strings) or None,
+        stop_strings=[s for s in stop_strings if isinstance(s, str)] or None,
         return_dict_in_generate=False,
         **sampling,
     )
@@ -322,7 +320,7 @@ def generate(
     input_ids: Tensor,
     attention_mask: Tensor,
     settings: GenerationSettings | None = None,
-    stop_strings: Sequence[str] = (),
+    stop_strings: Sequence[Stop] = (),
 ) -> Generation:
     """Generate completions for a left-padded batch.
 
@@ -335,6 +333,7 @@ def generate(
         stop_strings: a row stops once its text contains one of them; texts are cut there.
     """
     settings = settings or GenerationSettings()
+    patterns = [s for s in stop_strings if isinstance(s, re.Pattern)]
     check_left_padded(input_ids, attention_mask)
     eos_ids = stop_token_ids(model, tokenizer)
     pad_id = pad_token_id(model, tokenizer)
@@ -353,7 +352,10 @@ def generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=config,
-                tokenizer=tokenizer if stop_strings else None,
+                tokenizer=tokenizer if config.stop_strings else None,
+                stopping_criteria=StoppingCriteriaList(
+                    [PatternStop(tokenizer, patterns, input_ids.shape[1])] if patterns else []
+                ),
             )
         finally:
             model.generation_config = own_config
