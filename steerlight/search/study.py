@@ -195,6 +195,7 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
 
     folder = StudyFolder(Path(options.root), name)
     ensure_writable_dir(folder.path, "--root")
+    options = dataclasses.replace(options, rounds=fitting_rounds(config, options.rounds, name))
     start = time.monotonic()
     # The progress line replaces Optuna's log; a FAIL trial's error is in it (and in
     # trials.csv), so Optuna's own traceback of it (a warning) is not shown.
@@ -271,6 +272,27 @@ COMPARABLE_DATA = (
     "limit_val", "max_prompt_tokens", "synthetic_train_size", "synthetic_test_size",
 )  # fmt: skip
 COMPARABLE_MODEL = ("model_name_or_path", "revision", "dtype", "trust_remote_code", "generation")
+
+
+def fitting_rounds(config: dict, rounds: int, name: str = "") -> int:
+    """`rounds`, or fewer where a round (one val shard) would hold fewer questions than one
+    generation batch (`data.batch_size`): such a round decodes slower than a whole batch."""
+    import inspect
+
+    from steerlight.data.datamodule import GSM8KDataModule
+
+    defaults = inspect.signature(GSM8KDataModule).parameters
+    data = config.get("data", {})
+    val = data.get("val_size") or defaults["val_size"].default
+    val = min(val, data.get("limit_val") or val)
+    batch = data.get("batch_size") or defaults["batch_size"].default
+    fitting = max(1, min(rounds, val // batch))
+    if fitting < rounds:
+        log.info(
+            f"[{name}] {val} val questions at data.batch_size {batch}: {fitting} round(s) of "
+            f"at least {batch} questions instead of --rounds {rounds}"
+        )
+    return fitting
 
 
 def comparable_settings(config: dict, options: SearchOptions) -> dict[str, Any]:
