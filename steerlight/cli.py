@@ -76,6 +76,7 @@ class SteerlightCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         link_run_arguments(parser)
+        describe_methods(parser)
         parser.add_argument(
             "--ckpt",
             default=None,
@@ -289,6 +290,16 @@ def resolve_checkpoint(spec: str, study: str | None, root: Path) -> tuple[Path, 
     if not path.is_file():
         raise SteerlightError(f"--ckpt {spec}: no such checkpoint file (or use best / last)")
     return path, layout.run_config(path)
+
+
+def describe_methods(parser: LightningArgumentParser) -> None:
+    """`--model.method`'s help lists the registered steering methods (read when parsing)."""
+    from steerlight.steering.method import describe, names
+
+    for action in parser._actions:
+        if action.dest == "model.method":
+            action.help = describe()
+            action.metavar = "{" + ",".join(names()) + "}"
 
 
 def link_run_arguments(parser: LightningArgumentParser) -> None:

@@ -31,9 +31,10 @@ from steerlight.model.loading import (
     weights_fingerprint,
 )
 from steerlight.model.refill import refill_generate
+from steerlight.steering import method as methods
 from steerlight.steering.activations import ActivationCache, ReadPosition
 from steerlight.steering.apply import Method, SteeringConfig, steered_generate, steers
-from steerlight.steering.caa import Normalization, scale_vectors
+from steerlight.steering.caa import Normalization
 from steerlight.steering.dac import DACGeneration, DACSettings
 from steerlight.steering.fit import (
     Pairs,
@@ -68,7 +69,7 @@ class SteeredLM(pl.LightningModule):
         trust_remote_code: bool = False,
         preset: PresetName = "gsm8k",
         method: Method = "caa",
-        layer: int | Literal["auto"] = "auto",
+        layer: int | list[int] | Literal["auto"] = "auto",
         alpha: float = 0.0,
         positions: Positions = "prompt_end+generated",
         normalization: Normalization = "mean_norm",
@@ -76,6 +77,7 @@ class SteeredLM(pl.LightningModule):
         read_position: ReadPosition = "mean",
         generation: GenerationSettings = GenerationSettings(),  # noqa: B008 (frozen)
         dac: DACSettings = DACSettings(),  # noqa: B008 (frozen)
+        options: dict[str, Any] | None = None,
         seed: int = 0,
         cache_dir: str | None = None,
         log_samples: int = 8,
@@ -88,10 +90,12 @@ class SteeredLM(pl.LightningModule):
             dtype: Weights dtype; ``bfloat16`` on a GPU, ``float32`` on a CPU.
             trust_remote_code: Allow model code from the Hub (off unless you trust the model).
             preset: Prompt preset (linked from ``data.preset``): sets stop strings and answer form.
-            method: ``caa`` adds ``alpha * v`` after ``layer``; ``dac`` chooses the strength per
-                token and row (Dynamic Activation Composition); ``none`` is the unsteered model.
-            layer: Decoder layer to steer (negative counts from the end), or ``auto`` for the
-                layer whose probe separates good from bad solutions best.
+            method: A registered steering method (``--help`` lists them; the README's table says
+                how each steers): ``caa`` adds ``alpha * v`` after ``layer``; ``none`` is the
+                unsteered model.
+            layer: Decoder layer to steer (negative counts from the end), a list of layers (one
+                vector each, one alpha; additive methods), or ``auto`` for the layer whose probe
+                separates good from bad solutions best.
             alpha: CAA's steering strength; 0 reproduces the unsteered model exactly.
             positions: Token positions steered: ``generated``, ``prompt_end+generated`` or
                 ``all`` non-pad tokens.
@@ -106,6 +110,7 @@ class SteeredLM(pl.LightningModule):
                 the embedded model).
             generation: How completions are decoded (greedy by default).
             dac: DAC's settings (used when ``method`` is ``dac``).
+            options: The method's own settings, e.g. ``{center: pca_center}`` for ``pca``.
             seed: Seed for corrupted solutions and probe splits.
             cache_dir: Activation cache folder (default ``$STEERLIGHT_HOME/activations``).
             log_samples: Sample generations per stage written to TensorBoard.
@@ -115,8 +120,10 @@ class SteeredLM(pl.LightningModule):
         dac = _group(DACSettings, dac, "dac")
         if not math.isfinite(alpha):
             raise SteerlightError(f"alpha={alpha} is not a finite number: use e.g. 0 or 2.5")
-        if layer != "auto" and not isinstance(layer, int):
-            raise SteerlightError(f"layer={layer!r} is invalid: use an integer or 'auto'")
+        ints = layer if isinstance(layer, list) and layer else [layer]
+        if layer != "auto" and not all(isinstance(i, int) for i in ints):
+            raise SteerlightError(f"layer={layer!r} is invalid: use an integer, a list or 'auto'")
+        self.options = methods.check_options(method, options)
         self.save_hyperparameters(ignore=["generation", "dac"])
         # plain dicts: checkpoints are read with `weights_only=True`, which refuses dataclasses
         self.hparams.update(generation=dataclasses.asdict(generation), dac=dataclasses.asdict(dac))
@@ -158,6 +165,8 @@ class SteeredLM(pl.LightningModule):
     @property
     def layer(self) -> int:
         """The steered layer: fixed by the config, or chosen by the probes for `auto`."""
+        if isinstance(self.hparams.layer, list):
+            return tuple(resolve_layer(self.model, i) for i in self.hparams.layer)
         if self.hparams.layer != "auto":
             return resolve_layer(self.model, self.hparams.layer)
         if "probe_auc" not in self.steering:
@@ -171,19 +180,12 @@ class SteeredLM(pl.LightningModule):
 
     def steering_config(self) -> SteeringConfig:
         hp = self.hparams
-        return SteeringConfig(
-            hp.method, self.layer, hp.alpha, hp.positions, hp.normalization, self.dac
-        )
+        args = (hp.method, self.layer, hp.alpha, hp.positions, hp.normalization, self.dac)
+        return SteeringConfig(*args, self.options)
 
     def steering_vector(self, name: str = "vectors") -> Tensor:
         """The fitted vector (or DAC's per-step `icl_vectors`) at the steered layer, scaled."""
-        if name not in self.steering:
-            raise SteerlightError(
-                f"no steering {name}: run `fit` first, or `validate`/`test` with --ckpt"
-            )
-        layer = self.layer
-        vectors = self.steering[name][..., layer, :]  # (H,), or (T + 1, H) per-step vectors
-        return scale_vectors(vectors, self.hparams.normalization, self.steering["act_norm"][layer])
+        return methods.scaled(self.steering, name, self.steering_config())
 
     # -- fit: one pass over train contrastive data ---------------------------------------------
 
@@ -242,16 +244,9 @@ class SteeredLM(pl.LightningModule):
         args = (self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"])
         slots, on_finish = batch.get("slots"), self.on_rows_done  # (a val/test step: many)
         if steered and self.steers:
-            icl = self.hparams.method == "dac" and self.dac.vectors == "icl"
+            config, stop = self.steering_config(), self.preset.stop
             gen = steered_generate(
-                *args,
-                self.steering_config(),
-                None if icl else self.steering_vector(),
-                self.settings,
-                self.preset.stop,
-                step_vectors=self.steering_vector("icl_vectors") if icl else None,
-                slots=slots,
-                on_finish=on_finish,
+                *args, config, None, self.settings, stop, None, slots, on_finish, self.steering
             )
             if isinstance(gen, DACGeneration):
                 self._dac_alphas.append(gen.alphas)

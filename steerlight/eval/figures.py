@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from steerlight.steering import method as methods
 
 SAMPLE_COLUMNS = ("question", "completion", "extracted", "gold", "correct")
 
@@ -17,14 +20,20 @@ HPARAMS_FIRST = ("method", "layer", "alpha", "positions", "normalization", "read
 def hparams_columns(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """The run's settings for TensorBoard's HPARAMS tab: what is steered first, then decoding
     and the model; no internal fields or paths, and nothing the method does not use (blank)."""
-    method = hparams.get("method")
+    method = methods.get(hparams.get("method", "caa"))
     out = {k: hparams[k] for k in HPARAMS_FIRST if k in hparams}
-    if method != "caa":
+    if isinstance(out.get("layer"), list):
+        out["layer"] = ",".join(map(str, out["layer"]))
+    if method.strength != "alpha":
         out.pop("alpha", None)  # DAC's strength is dac.alpha_max; `none` has none
-    if method == "dac":
-        out.update({f"dac.{k}": v for k, v in dict(hparams.get("dac") or {}).items()})
-    if method == "none":
-        out = {"method": "none"}
+    group = (method.strength or "").partition(".")[0]
+    if group in hparams and isinstance(hparams[group], Mapping):  # `dac.*`
+        out.update({f"{group}.{k}": v for k, v in dict(hparams[group]).items()})
+    options = method.options(hparams.get("options"))
+    if options is not None:
+        out.update({f"options.{k}": v for k, v in dataclasses.asdict(options).items()})
+    if method.strength is None:
+        out = {"method": method.name}
     out.update({f"generation.{k}": v for k, v in dict(hparams.get("generation") or {}).items()})
     for key in ("pairs", "preset", "dtype", "seed"):
         if key in hparams:
@@ -119,14 +128,14 @@ def log_dac_alphas(writer, stage: str, alphas: Sequence[Tensor]) -> None:
 def strength_figure(trials: Sequence[Any], title: str):
     """Val accuracy against steering strength, one series per method x layer.
 
-    CAA's strength is `alpha`; DAC's is its `dac.alpha_max`.
+    Each method's strength is its own (`SteeringMethod.strength`: DAC's `dac.alpha_max`).
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     groups: dict[str, list[tuple[float, float]]] = {}
     for t in trials:
         method = t.params.get("method", "caa")
-        strength = t.params.get("dac.alpha_max" if method == "dac" else "alpha")
+        strength = t.params.get(methods.get(method).strength or "")
         if strength is None:
             continue
         label = f"{method} layer {t.params.get('layer', 'auto')}"
@@ -134,9 +143,32 @@ def strength_figure(trials: Sequence[Any], title: str):
     for label, points in sorted(groups.items()):
         xs, ys = zip(*sorted(points), strict=True)
         ax.plot(xs, ys, "o-", label=label)
-    ax.set(xlabel="strength (caa: alpha, dac: alpha_max)", ylabel="val accuracy (strict)")
+    ax.set(xlabel="strength (alpha; dac: alpha_max)", ylabel="val accuracy (strict)")
     ax.set_title(title)
     if groups:
         ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def method_figure(trials: Sequence[Any], title: str):
+    """Val accuracy of every complete trial per method (a strip plot), the best one marked.
+
+    Trials without a `method` parameter count as the study's base method (`caa`).
+    """
+    plt = _pyplot()
+    by_method: dict[str, list[float]] = {}
+    for t in trials:
+        by_method.setdefault(str(t.params.get("method", "caa")), []).append(float(t.value))
+    names = sorted(by_method)
+    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(names)), 3.5))
+    for i, name in enumerate(names):
+        values = by_method[name]
+        jitter = torch.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else torch.zeros(1)
+        ax.scatter((i + jitter).tolist(), values, alpha=0.6, s=18)
+        ax.plot([i - 0.3, i + 0.3], [max(values)] * 2, color="black", linewidth=2)
+        ax.annotate(f"{max(values):.3f}", (i, max(values)), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)), [f"{n}\n({len(by_method[n])})" for n in names])
+    ax.set(ylabel="val accuracy (strict)", title=f"{title}: best val accuracy per method")
     fig.tight_layout()
     return fig

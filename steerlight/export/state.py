@@ -26,7 +26,8 @@ from torch import Tensor
 from steerlight.errors import SteerlightError
 from steerlight.model.layers import decoder_layers
 from steerlight.model.loading import check_model_path, model_source
-from steerlight.steering.caa import scale_vectors
+from steerlight.steering import method as methods
+from steerlight.steering.scaling import scale_vectors
 
 
 @dataclass(frozen=True)
@@ -112,18 +113,23 @@ def read_state(checkpoint: Mapping[str, Any], path: Path, target: str) -> Export
     steering = checkpoint["steering"]
     base = checkpoint.get("base_model") or {}
     method = hp.get("method", "caa")
-    dac = dict(hp.get("dac") or {})
-    if method not in ("caa", "dac"):
+    steerer = methods.get(method)
+    if steerer.strength is None:
         raise SteerlightError(
             f"checkpoint {path} does not steer (method: {method}): there is no vector to export; "
-            "pass a checkpoint fitted with method caa or dac"
+            "pass a checkpoint fitted with a steering method"
         )
-    strength = float(dac.get("alpha_max", 2.0) if method == "dac" else hp.get("alpha", 0.0))
-    if strength == 0:
-        name = "dac.alpha_max" if method == "dac" else "alpha"
+    if not steerer.exports:
+        exporting = ", ".join(m.name for m in methods.registry().values() if m.exports)
         raise SteerlightError(
-            f"checkpoint {path} does not steer ({name}: 0): the exported vector would be zero; "
-            "export a checkpoint that steers (e.g. the search's best trial)"
+            f"checkpoint {path}: {steerer.refusal()}, which {target} cannot hold; "
+            f"export a checkpoint of {exporting}"
+        )
+    strength = steerer.strength_of({"dac": {"alpha_max": 2.0}, **hp})
+    if strength == 0:
+        raise SteerlightError(
+            f"checkpoint {path} does not steer ({steerer.strength}: 0): the exported vector "
+            "would be zero; export a checkpoint that steers (e.g. the search's best trial)"
         )
     name = hp.get("model_name_or_path") or base.get("name_or_path")
     if not name:
@@ -134,7 +140,10 @@ def read_state(checkpoint: Mapping[str, Any], path: Path, target: str) -> Export
     structure = model_structure(model_path, revision, trust)
 
     layer = _layer(hp.get("layer", "auto"), steering, structure, path)
-    raw, vector_note = _raw_vector(steering, layer, method, dac, path)
+    try:
+        raw, vector_note = steerer.export_vector(steering, layer, hp)
+    except SteerlightError as err:
+        raise SteerlightError(f"checkpoint {path}: {err}") from None
     if raw.shape[-1] != structure.hidden_size:
         raise SteerlightError(
             f"checkpoint {path} holds vectors of size {raw.shape[-1]}, but {name!r} has hidden "
@@ -153,7 +162,7 @@ def read_state(checkpoint: Mapping[str, Any], path: Path, target: str) -> Export
     else:
         raise SteerlightError(f"checkpoint {path}: unknown normalization {normalization!r}")
     positions = hp.get("positions", "prompt_end+generated")
-    notes = _limits(target, method, strength, positions) + vector_note
+    notes = steerer.export_notes(target, strength) + _limits(target, positions) + vector_note
     return ExportState(
         checkpoint=path,
         model_name_or_path=name,
@@ -207,6 +216,11 @@ def _layer(layer: Any, steering: Mapping[str, Tensor], structure: ModelStructure
             raise SteerlightError(f"checkpoint {path}: layer 'auto' needs probe_auc, it has none")
         return int(steering["probe_auc"].argmax())
     n = structure.num_layers
+    if isinstance(layer, (list, tuple)):
+        raise SteerlightError(
+            f"checkpoint {path} steers layers {list(layer)}; an export holds one layer's "
+            "vector: export a checkpoint that steers one layer"
+        )
     if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
         raise SteerlightError(
             f"checkpoint {path}: layer {layer!r} is not one of the model's {n} decoder layers"
@@ -214,34 +228,9 @@ def _layer(layer: Any, steering: Mapping[str, Tensor], structure: ModelStructure
     return layer % n
 
 
-def _raw_vector(
-    steering: Mapping[str, Tensor], layer: int, method: str, dac: dict, path
-) -> tuple[Tensor, list[str]]:
-    """The fitted (unscaled) vector at `layer`, and a note when it stands for several."""
-    if method == "dac" and dac.get("vectors") == "icl":
-        if "icl_vectors" not in steering:
-            raise SteerlightError(f"checkpoint {path}: dac.vectors 'icl' but no icl_vectors")
-        table = steering["icl_vectors"][:, layer, :]  # (T + 1, H): one per step, then the rest
-        note = (
-            f"dac.vectors 'icl' steers each of the first {table.shape[0] - 1} generated tokens "
-            "with its own vector; the file holds the one steerlight uses for every later token "
-            "(their steady state), so the per-step vectors are lost"
-        )
-        return table[-1].float(), [note]
-    if "vectors" not in steering:
-        raise SteerlightError(f"checkpoint {path} holds no steering vectors: run `fit` first")
-    return steering["vectors"][layer].float(), []
-
-
-def _limits(target: str, method: str, strength: float, positions: str) -> list[str]:
-    """What `target` cannot express of this steering, in words."""
+def _limits(target: str, positions: str) -> list[str]:
+    """What `target` cannot express of the steered positions, in words."""
     notes = []
-    if method == "dac":
-        notes.append(
-            f"method 'dac' sets the strength per token in [0, alpha_max]; {target} adds a fixed "
-            f"vector, so the file holds the alpha_max = {strength:g} vector at every token "
-            "(DAC's per-token strength is lost: every token is steered at least as strongly)"
-        )
     if positions != "all":
         steered = {
             "generated": "only the generated tokens",

@@ -13,13 +13,15 @@ from steerlight.errors import SteerlightError
 
 
 def searchable_names() -> set[str]:
-    """Every name a space may use: `SteeredLM` arguments and `group.field` of its groups."""
+    """Every name a space may use: `SteeredLM` arguments, `group.field` of its groups and
+    `options.field` of every registered method's settings."""
     from steerlight.module import SETTINGS_GROUPS, SteeredLM
+    from steerlight.steering.method import option_fields
 
     names = set(inspect.signature(SteeredLM.__init__).parameters) - {"self", *SETTINGS_GROUPS}
     for group, cls in SETTINGS_GROUPS.items():
         names |= {f"{group}.{f.name}" for f in dataclasses.fields(cls)}
-    return names
+    return (names - {"options"}) | {f"options.{name}" for name in option_fields()}
 
 
 def nest(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,7 +77,15 @@ class Space:
                         _distribution(name, spec, None)
                     except SteerlightError as err:
                         raise SteerlightError(f"{origin}: {group}{err}") from None
+        from steerlight.steering.method import names
+
         methods = self.params.get("method")
+        for method in [*_as_list(methods if methods is not None else []), *self.when]:
+            if method not in names():
+                raise SteerlightError(
+                    f"{origin}: method {method!r} is not a steering method; "
+                    f"use one of {', '.join(names())}"
+                )
         for method in self.when:
             if methods is not None and method not in _as_list(methods):
                 raise SteerlightError(f"{origin}: when.{method} names a method not searched")
@@ -139,16 +149,20 @@ class Space:
                     ) from None
 
     def baseline(self, probe_auc: list[float] | None) -> dict[str, Any]:
-        """Trial 0: the unsteered model (alpha = 0, method caa if searched), and the first
-        choice of every other categorical dimension so that it is a valid configuration."""
+        """Trial 0: the unsteered model (alpha = 0, with the first searched method whose
+        strength is alpha), and the first choice of every other categorical dimension so that
+        it is a valid configuration."""
         params = {}
         for name, spec in self.params.items():
             if isinstance(spec, list):
                 params[name] = spec[0]
             elif isinstance(spec, Mapping) and "probe_top_k" in spec and probe_auc is not None:
                 params[name] = _top_layers(probe_auc, spec["probe_top_k"])[0]
-        if "caa" in _as_list(self.params.get("method", [])):
-            params["method"] = "caa"
+        from steerlight.steering.method import get
+
+        alpha = [m for m in _as_list(self.params.get("method", [])) if get(m).strength == "alpha"]
+        if alpha:
+            params["method"] = alpha[0]
         return {**params, "alpha": 0.0}
 
 

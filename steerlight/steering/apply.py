@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor, nn
 
-from steerlight.model.generation import (
-    Generation,
-    GenerationSettings,
-    in_batches,
-    pad_token_id,
-)
+from steerlight.errors import SteerlightError
+from steerlight.model.generation import Generation, GenerationSettings
 from steerlight.model.refill import refill_generate
-from steerlight.steering.dac import DACSettings, dac_generate
-from steerlight.steering.hooks import Positions, steer
+from steerlight.steering import method as methods
+from steerlight.steering.dac import DACSettings
+from steerlight.steering.hooks import Positions
+from steerlight.steering.method import Call
 
-Method = Literal["none", "caa", "dac"]
+Method = str
+"""A registered steering method's name (`steerlight.steering.method.names()`)."""
 
 
 def steers(method: Method, alpha: float, dac: DACSettings) -> bool:
     """Whether `method` at these strengths changes generation at all (strength 0 does not)."""
-    strength = dac.alpha_max if method == "dac" else alpha
-    return method != "none" and strength != 0
+    hparams = {"alpha": alpha, "dac": dataclasses.asdict(dac)}
+    return methods.get(method).strength_of(hparams) != 0
 
 
 @dataclass(frozen=True)
@@ -33,11 +32,18 @@ class SteeringConfig:
     """What is steered, where and how strongly (a fitted vector is passed separately)."""
 
     method: Method
-    layer: int
+    layer: int | tuple[int, ...]
     alpha: float
     positions: Positions
     normalization: str
     dac: DACSettings
+    options: Any = None
+    """The method's own settings (`model.options`), or None."""
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The steered layers (one for most runs)."""
+        return tuple(self.layer) if isinstance(self.layer, (tuple, list)) else (self.layer,)
 
     @property
     def steers(self) -> bool:
@@ -45,15 +51,14 @@ class SteeringConfig:
         return steers(self.method, self.alpha, self.dac)
 
     def summary(self) -> dict[str, Any]:
-        """What steers, as the verdict records it (only the active method's strength)."""
+        """What steers, as the verdict records it (only the active method's settings)."""
         if not self.steers:
             return {"method": self.method, "steers": False}
-        out = {"method": self.method, "steers": True, "layer": self.layer}
+        layer = self.layer if isinstance(self.layer, int) else list(self.layer)
+        out = {"method": self.method, "steers": True, "layer": layer}
         out["positions"] = self.positions
         out["normalization"] = self.normalization
-        if self.method == "dac":
-            return {**out, "dac": dataclasses.asdict(self.dac)}
-        return {**out, "alpha": self.alpha}
+        return {**out, **methods.get(self.method).summary(self)}
 
 
 def steered_generate(
@@ -68,8 +73,11 @@ def steered_generate(
     step_vectors: Tensor | None = None,
     slots: int | None = None,
     on_finish: Callable[[int], None] | None = None,
+    state: Mapping[str, Tensor] | None = None,
 ) -> Generation:
-    """Completions for a left-padded batch, steered as `config` says (CAA hooks or DAC).
+    """Completions for a left-padded batch, steered as `config` says (its method's `generate`).
+
+    `vector` (scaled) and `step_vectors` default to the method's own from the fitted `state`.
 
     At most `slots` rows are decoded at once (default: all). Plain and CAA generation decode
     with row refill (`refill_generate`: a finished row's slot takes the next prompt; the same
@@ -79,29 +87,14 @@ def steered_generate(
     args = (model, tokenizer, input_ids, attention_mask)
     if not config.steers:
         return refill_generate(*args, settings, stop_strings, slots, on_finish=on_finish)
-    if config.method == "dac":
-
-        def dac(ids: Tensor, mask: Tensor) -> Generation:
-            return dac_generate(
-                model,
-                tokenizer,
-                ids,
-                mask,
-                config.layer,
-                vector if step_vectors is None else None,
-                settings,
-                stop_strings,
-                top_p=config.dac.top_p,
-                alpha_max=config.dac.alpha_max,
-                batchmean=config.dac.batchmean,
-                positions=config.positions,
-                step_vectors=step_vectors,
-            )
-
-        pad_id = pad_token_id(model, tokenizer)
-        return in_batches(dac, input_ids, attention_mask, slots, pad_id, on_finish)
-    width = input_ids.shape[1]
-    with steer(
-        model, config.layer, vector, config.alpha, config.positions, prompt_len=width
-    ) as steering:
-        return refill_generate(*args, settings, stop_strings, slots, steering, on_finish)
+    method = methods.get(config.method)
+    if len(config.layers) > 1 and not method.multi_layer:
+        raise SteerlightError(
+            f"model.layer={list(config.layers)}: method {config.method} steers one layer; "
+            "several layers are for the additive methods"
+        )
+    if vector is None and step_vectors is None:
+        vector, step_vectors = method.vectors(state or {}, config)
+    call = Call(*args, config, vector, settings, stop_strings, state or {}, slots, on_finish)
+    call.step_vectors = step_vectors
+    return method.generate(call)

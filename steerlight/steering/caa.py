@@ -5,13 +5,12 @@ from __future__ import annotations
 import random
 import re
 from decimal import Decimal
-from typing import Literal
 
 from torch import Tensor
 
 from steerlight.answers import gold_answer
-
-Normalization = Literal["none", "unit", "mean_norm"]
+from steerlight.steering.method import Call, SteeringMethod, register
+from steerlight.steering.scaling import Normalization, scale_vectors  # noqa: F401 (re-exported)
 
 # A number as GSM8K writes it: 1,200 or 3.5 or 42, not part of a longer word or number.
 _NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d])|(?<![\w.,])\d+(?:\.\d+)?")
@@ -49,17 +48,26 @@ def mean_difference(acts: Tensor, labels: Tensor) -> Tensor:
     return acts[labels].mean(0) - acts[~labels].mean(0)
 
 
-def scale_vectors(vectors: Tensor, how: Normalization, act_norm: Tensor | None = None) -> Tensor:
-    """`none`: as fitted; `unit`: unit norm; `mean_norm`: unit norm times the mean activation norm.
+@register
+class CAA(SteeringMethod):
+    """``alpha * v`` added after the layer, v the mean difference of good and bad activations."""
 
-    `vectors` is (..., H) and `act_norm` (...) the mean activation norm at the same layers; with
-    `mean_norm`, alpha reads as a fraction of a typical residual-stream norm at that layer.
-    """
-    if how == "none":
-        return vectors
-    unit = vectors / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    if how == "unit":
-        return unit
-    if act_norm is None:
-        raise ValueError("mean_norm scaling needs the mean activation norm")
-    return unit * act_norm[..., None]
+    name = "caa"
+    help = "adds alpha * (mean good - mean bad activation) after the layer"
+
+
+@register
+class Unsteered(SteeringMethod):
+    """The unsteered model (every strength ignored)."""
+
+    name = "none"
+    kind = "none"
+    strength = None
+    exports = False
+    help = "the unsteered model"
+
+    def generate(self, call: Call):
+        raise AssertionError("method none never steers")
+
+    def refusal(self) -> str:
+        return "method none does not steer"

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from steerlight.errors import SteerlightError
+from steerlight.steering import method as methods
 from steerlight.steering.activations import (
     ActivationCache,
     ReadPosition,
@@ -86,8 +87,11 @@ def solution_activations(
     return read_activations(model, enc["input_ids"], mask, read).cpu()
 
 
-def fit_state(acts: Tensor, labels: Tensor, pairs: Pairs, seed: int) -> dict[str, Tensor]:
-    """CAA vectors (mean difference per layer), mean activation norms and per-layer probes."""
+def fit_state(
+    acts: Tensor, labels: Tensor, pairs: Pairs, seed: int, direction: Mapping | None = None
+) -> dict[str, Tensor]:
+    """Steering vectors per layer (CAA's mean difference, or the method named by `direction`,
+    a method's `fit_key` entry), mean activation norms and per-layer probes."""
     if labels.all() or not labels.any():
         raise SteerlightError(
             f"the {len(labels)} train examples are all {'good' if labels.all() else 'bad'}: "
@@ -96,12 +100,17 @@ def fit_state(acts: Tensor, labels: Tensor, pairs: Pairs, seed: int) -> dict[str
     # corrupted pairs share a question: the probes' held-out split keeps both in one side
     groups = torch.arange(len(labels)) // 2 if pairs == "corrupted" else None
     probes = fit_probes(acts, labels, groups=groups, seed=seed)
+    vectors = None
+    if direction is not None:
+        vectors = methods.get(direction["method"]).direction(acts, labels, pairs, direction)
     return {
-        "vectors": mean_difference(acts, labels),
+        "vectors": mean_difference(acts, labels) if vectors is None else vectors,
         "act_norm": acts.norm(dim=-1).mean(0),
         "probe_auc": probes.auc,
         "probe_weight": probes.weight,
         "probe_bias": probes.bias,
+        "probe_mean": probes.mean,
+        "probe_std": probes.std,
     }
 
 
@@ -147,12 +156,13 @@ class TrainFit:
             if writer:
                 self.cache.save(self.key, {"acts": acts, "labels": labels.to(torch.uint8)})
         self._acts, self._labels, self._cached = [], [], None
-        state = fit_state(acts, labels, pairs, seed)
+        state = fit_state(acts, labels, pairs, seed, self.state_key.get("direction"))
         if extra is not None:
             state.update(extra())
         if writer:
             self.cache.save(self.state_key, state)
-        log.info("fitted CAA vectors and probes on %d train examples", len(labels))
+        fitted = (self.state_key.get("direction") or {}).get("method", "CAA")
+        log.info("fitted %s vectors and probes on %d train examples", fitted, len(labels))
         self.state = state
         return state
 
@@ -184,9 +194,8 @@ def fit_keys(
     }
     if hparams["pairs"] == "on_policy":
         key["generation"] = dataclasses.asdict(settings)
-    icl = hparams["method"] == "dac" and dac.vectors == "icl"
-    state_key = {**key, "kind": "steering", "icl": [dac.steps, dac.icl_examples] if icl else None}
-    return key, state_key
+    fit = methods.get(hparams["method"]).fit_key({**hparams, "dac": dataclasses.asdict(dac)})
+    return key, {**key, "kind": "steering", **fit}
 
 
 def icl_vectors(model: nn.Module, tokenizer: Any, preset: Any, datamodule: Any, dac: Any):

@@ -317,11 +317,15 @@ class Steering:
         earliest = int(first.min()) if isinstance(first, Tensor) else first
         if start + t <= earliest or self._alpha_is_zero():
             return None  # nothing steered in this chunk: leave the output untouched (bit-exact)
-        steered = torch.addcmul(h, self._scale(h, start, t, valid), self._vector_for(h, t))
+        steered = self._apply(h, self._scale(h, start, t, valid), self._vector_for(h, t))
         if isinstance(output, Tensor):
             return steered
         rest = list(output[1:])
         return [steered, *rest] if isinstance(output, list) else (steered, *rest)
+
+    def _apply(self, h: Tensor, scale: Tensor, v: Tensor) -> Tensor:
+        """The steered hidden states: ``h + scale * v``."""
+        return torch.addcmul(h, scale, v)
 
     def _vector_for(self, h: Tensor, t: int) -> Tensor:
         """The vector(s) cast to `h`: (hidden,) or (T, hidden)."""
@@ -357,6 +361,14 @@ class Steering:
         return scale.unsqueeze(-1)
 
 
+class Projection(Steering):
+    """Directional ablation: ``h - alpha * r r^T h`` with ``r`` the unit steering vector."""
+
+    def _apply(self, h: Tensor, scale: Tensor, v: Tensor) -> Tensor:
+        r = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        return h - scale * (h * r).sum(-1, keepdim=True) * r
+
+
 @contextmanager
 def steer(
     model: nn.Module,
@@ -366,6 +378,7 @@ def steer(
     positions: Positions = "prompt_end+generated",
     *,
     prompt_len: int | None = None,
+    project: bool = False,
 ) -> Iterator[Steering]:
     """Add ``alpha * vector`` after decoder layer `layer` of `model` inside the ``with`` block.
 
@@ -377,11 +390,14 @@ def steer(
         positions: which positions are steered (see `Positions`).
         prompt_len: the padded prompt width (columns of the prompt), or a (B,) tensor of
             per-row widths; required unless ``positions == "all"``.
+        project: remove ``alpha`` times the hidden state's component along the unit vector
+            instead of adding the vector (`Projection`).
 
     Yields the `Steering` object; hooks are removed on exit, also when an exception is raised.
     """
     index = resolve_layer(model, layer)
-    steering = Steering(index, vector, alpha, positions, prompt_len, model_type(model))
+    cls = Projection if project else Steering
+    steering = cls(index, vector, alpha, positions, prompt_len, model_type(model))
     block = decoder_layers(model)[index]
     handles = []
     try:
