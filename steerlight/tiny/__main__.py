@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from steerlight.tiny.cache import tiny_model_path
@@ -25,7 +26,10 @@ def build_parser() -> ArgumentParser:
         default_env=False,
     )
     parser.add_argument(
-        "--force", action="store_true", help="Rebuild even if a valid cached copy exists."
+        "--force",
+        action="store_true",
+        help="Train it again from the recipe, even if a cached or shipped copy exists, and say "
+        "whether the weights match the shipped copy.",
     )
     parser.add_argument(
         "--eval",
@@ -52,10 +56,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Build (or find) the tiny model, print its folder and, with ``--eval``, its accuracy."""
     parser = build_parser()
     cfg = parser.parse_args(argv)
-    recipe: TinyRecipe = parser.instantiate_classes(cfg).recipe
+    recipe: TinyRecipe = parser.instantiate(cfg).recipe
     show_logs()  # the build's progress lines and its notice
     path = tiny_model_path(recipe, force=cfg.force)
     print(path, flush=True)
+    if cfg.force:
+        print(compare_with_shipped(path, recipe), flush=True)
     if cfg.eval > 0:
         test = default_test_rows(recipe)[: cfg.eval]
         exemplars = eval_exemplars(recipe, cfg.shots)
@@ -65,6 +71,22 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"accuracy ({cfg.shots}-shot, strict, {len(records)} test questions): {acc:.3f}",
             flush=True,
         )
+
+
+def compare_with_shipped(path: Path, recipe: TinyRecipe) -> str:
+    """Whether the build at `path` has the bytes of the copy steerlight ships for `recipe`."""
+    from steerlight.tiny.cache import SHIPPED, _is_complete, weights_sha256
+
+    if not _is_complete(SHIPPED, recipe):
+        return f"(steerlight ships no build of recipe {recipe.key()} to compare with)"
+    built, shipped = weights_sha256(path), weights_sha256(SHIPPED)
+    if built == shipped:
+        return f"the same weights as the shipped copy in {SHIPPED} (sha256 {built[:16]})"
+    return (
+        f"weights differ from the shipped copy in {SHIPPED} (sha256 {built[:16]} vs "
+        f"{shipped[:16]}; another torch or CPU kernel rounds differently): --eval 500 scores "
+        "this build, the shipped one scores its tiny_recipe.json's accuracy"
+    )
 
 
 if __name__ == "__main__":

@@ -4,11 +4,17 @@ A build lives in ``$STEERLIGHT_HOME/tiny/<recipe key>/``. It is written into a t
 next to the final one and renamed into place, so a crashed or concurrent build never leaves a
 half-written cache; where ``fcntl`` exists a lock file also keeps two local processes from
 training the same recipe twice.
+
+The default recipe's build ships with the package (`SHIPPED`, 2.4 MB): on first use it is
+copied into the cache in well under a second, after its weights are checked against the
+SHA-256 its marker records, instead of training for minutes. ``python -m steerlight.tiny
+--force`` trains it again from the recipe and says whether the bytes match the shipped copy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +34,9 @@ MODEL_NAME = "tiny"
 
 _MARKER = "tiny_recipe.json"
 """Written last into a build: a cache folder without it (or with another recipe) is not valid."""
+
+SHIPPED = Path(__file__).with_name("shipped")
+"""The default recipe's build as the package ships it (`scripts/ship_tiny.py` writes it)."""
 
 _STALE_TMP_S = 24 * 3600
 """Temporary build folders older than this are leftovers of dead builds and are removed."""
@@ -57,6 +66,8 @@ def tiny_model_path(recipe: TinyRecipe | None = None, force: bool = False) -> Pa
         if not force and _is_complete(final, recipe):  # another process built it meanwhile
             return final
         _remove_stale_tmp(parent, recipe.key())
+        if not force and _install_shipped(final, recipe):
+            return final
         log.warning(
             "building the embedded tiny model (recipe %s) into %s: this trains a %s-layer Llama "
             "on synthetic GSM8K for %d steps, once (minutes on a CPU; progress and ETA follow)",
@@ -78,6 +89,7 @@ def tiny_model_path(recipe: TinyRecipe | None = None, force: bool = False) -> Pa
                         "key": recipe.key(),
                         "recipe": recipe.as_json(),
                         "metrics": metrics,
+                        "weights_sha256": weights_sha256(tmp),
                     },
                     indent=2,
                 )
@@ -88,6 +100,51 @@ def tiny_model_path(recipe: TinyRecipe | None = None, force: bool = False) -> Pa
                 shutil.rmtree(tmp, ignore_errors=True)
     log.warning("the embedded tiny model is ready at %s", final)
     return final
+
+
+def weights_sha256(folder: Path) -> str:
+    """The SHA-256 of a build's ``model.safetensors``: two builds are the same when these are."""
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def _install_shipped(final: Path, recipe: TinyRecipe) -> bool:
+    """Copy the shipped build of `recipe` to `final`; False when there is none for `recipe`."""
+    if not _is_complete(SHIPPED, recipe):
+        return False
+    tmp = Path(tempfile.mkdtemp(prefix=f".{recipe.key()}.tmp-", dir=final.parent))
+    try:
+        for name in SHIPPED_FILES:
+            shutil.copyfile(SHIPPED / name, tmp / name)
+        expected = json.loads((tmp / _MARKER).read_text()).get("weights_sha256")
+        if weights_sha256(tmp) != expected:
+            log.warning(
+                "the shipped tiny model in %s does not match the SHA-256 its %s records; "
+                "building it from its recipe instead",
+                SHIPPED,
+                _MARKER,
+            )
+            return False
+        _install(tmp, final, recipe)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info(
+        "the embedded tiny model: installed at %s from the copy steerlight ships "
+        "(`python -m steerlight.tiny --force` trains it again from its recipe)",
+        final,
+    )
+    return True
+
+
+SHIPPED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    _MARKER,
+)
+"""What a build holds and the package ships."""
 
 
 def _is_complete(path: Path, recipe: TinyRecipe) -> bool:

@@ -7,8 +7,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-BUILD_FORMAT = 1
-"""Bumped whenever the training code changes what a recipe produces (it is part of the key)."""
+BUILD_FORMAT = 2
+"""Bumped whenever the training code changes what a recipe produces (it is part of the key).
+2: the weights are stored in bfloat16 (trained in float32, rounded once at the end)."""
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ when a build is actually needed, so finding a cached model stays cheap.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -29,6 +31,26 @@ from steerlight.tiny.data import (
     training_rows,
 )
 from steerlight.tiny.recipe import TinyRecipe
+
+BUILD_THREADS = 2
+"""Intra-op threads of every build, whatever the machine has (the result depends on them)."""
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """The build's Trainer is internal: its device notices, tips and deprecations are not shown
+    (the build's own lines, `StepProgress`, are its one progress stream)."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class TinyLM(pl.LightningModule):
@@ -137,6 +159,10 @@ def build_tiny_model(recipe: TinyRecipe, out_dir: str | Path) -> dict[str, Any]:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    threads = torch.get_num_threads()
+    # A fixed thread count: CPU reductions split work by threads, so the same recipe gives the
+    # same bytes on any core count (the shipped copy is checked against a rebuild).
+    torch.set_num_threads(BUILD_THREADS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         model = LlamaForCausalLM(config)
@@ -148,27 +174,31 @@ def build_tiny_model(recipe: TinyRecipe, out_dir: str | Path) -> dict[str, Any]:
             ),
             batch_size=None,  # the dataset yields whole batches
         )
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            precision="32-true",
-            max_steps=recipe.steps,
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=sys.stdout.isatty(),  # in a log, the lines below instead
-            enable_model_summary=False,
-            callbacks=[StepProgress("tiny model build")],
-            gradient_clip_val=recipe.grad_clip,
-            log_every_n_steps=10,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            default_root_dir=str(out_dir),
-        )
-        trainer.fit(module, train_dataloaders=loader)
+        with _quiet_lightning():
+            trainer = pl.Trainer(
+                accelerator="cpu",
+                devices=1,
+                precision="32-true",
+                max_steps=recipe.steps,
+                max_epochs=1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,  # one stream: StepProgress's lines, terminal or log
+                enable_model_summary=False,
+                callbacks=[StepProgress("tiny model build")],
+                gradient_clip_val=recipe.grad_clip,
+                log_every_n_steps=10,
+                num_sanity_val_steps=0,
+                limit_val_batches=0,
+                default_root_dir=str(out_dir),
+            )
+            try:
+                trainer.fit(module, train_dataloaders=loader)
+            finally:
+                torch.set_num_threads(threads)
     final_loss = float(trainer.callback_metrics.get("loss", float("nan")))
 
-    model.eval()
+    model.eval().to(torch.bfloat16)  # half the file; every steerlight config loads it as float32
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -184,4 +214,5 @@ def build_tiny_model(recipe: TinyRecipe, out_dir: str | Path) -> dict[str, Any]:
         "train_problems": len(rows),
         "final_loss": final_loss,
         "build_seconds": round(seconds, 1),
+        "torch": torch.__version__,
     }

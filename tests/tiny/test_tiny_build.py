@@ -19,6 +19,7 @@ import steerlight.tiny.__main__ as tiny_cli
 from steerlight.data.prompts import get_preset
 from steerlight.data.splits import holdout_indices, normalize_question
 from steerlight.data.synthetic import synthetic_splits
+from steerlight.model.loading import load_model
 from steerlight.tiny import TinyRecipe, cache, data, resolve_model_name, tiny_model_path, train
 
 MICRO = TinyRecipe(
@@ -67,7 +68,8 @@ def test_build_is_a_standard_llama_loaded_by_auto_classes(built):
     assert model.config.num_hidden_layers == MICRO.num_layers
     assert model.config.num_attention_heads == MICRO.num_heads
     assert model.config.vocab_size == len(tok) <= MICRO.vocab_size
-    assert model.dtype == torch.float32
+    assert model.dtype == torch.bfloat16  # stored in bfloat16: half the file
+    assert load_model(str(path)).dtype == torch.float32  # how steerlight loads it by default
     # Digits are single tokens; the special tokens match the generation config.
     assert tok.convert_ids_to_tokens(tok("2024", add_special_tokens=False)["input_ids"]) == list(
         "2024"
@@ -82,6 +84,23 @@ def test_build_is_a_standard_llama_loaded_by_auto_classes(built):
     enc = tok([get_preset("gsm8k").render("Mia has 3 apples. How many?")], return_tensors="pt")
     out = model.generate(**enc, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+def test_two_builds_of_a_recipe_are_the_same_bytes(built, tmp_path, monkeypatch):
+    # What lets a rebuild be checked against the shipped copy: a build is deterministic.
+    home, path = built
+    monkeypatch.setenv("STEERLIGHT_HOME", str(tmp_path))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the build pins its own thread count, whatever the caller's
+    try:
+        again = tiny_model_path(MICRO)
+    finally:
+        torch.set_num_threads(threads)
+    assert again != path
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (again / name).read_bytes() == (path / name).read_bytes(), name
+    marker = json.loads((again / "tiny_recipe.json").read_text())
+    assert marker["weights_sha256"] == cache.weights_sha256(path)
 
 
 def test_second_call_reuses_the_cache(built, monkeypatch):
