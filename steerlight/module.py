@@ -417,6 +417,7 @@ def _check_fits(model: torch.nn.Module, hp: Any, settings: GenerationSettings) -
         )
     if hp.layer != "auto":
         try:
-            resolve_layer(model, hp.layer)
+            for layer in hp.layer if isinstance(hp.layer, list) else [hp.layer]:
+                resolve_layer(model, layer)
         except ValueError as err:
             raise SteerlightError(str(err)) from None

@@ -46,18 +46,22 @@ def write_artefacts(study, folder: StudyFolder) -> None:
     write_text(folder.best_json, json.dumps({**summary, "params": best.params}))
 
 
+METHODS_PNG = "val_acc_by_method.png"
+"""The study's strip plot of val accuracy per method, written beside trials.csv."""
+
 IMPORTANCE_MIN_TRIALS = 10
 """Parameter importances from fewer complete trials are noise; below this, a note instead."""
 
 
 def log_figures(study, folder: StudyFolder, probe_auc: list[float] | None = None) -> None:
     """The study's figures in TensorBoard (`<study>/summary`): val accuracy against strength per
-    method x layer, Optuna's history and, with enough complete trials, parameter importances."""
+    method x layer, val accuracy per method (also a PNG beside trials.csv), Optuna's history
+    and, with enough complete trials, parameter importances."""
     import optuna
     from optuna.visualization import matplotlib as optuna_plots
     from torch.utils.tensorboard import SummaryWriter
 
-    from steerlight.eval.figures import auc_figure, strength_figure
+    from steerlight.eval.figures import auc_figure, method_figure, strength_figure
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
@@ -65,6 +69,10 @@ def log_figures(study, folder: StudyFolder, probe_auc: list[float] | None = None
     writer = SummaryWriter(str(folder.summary))
     try:
         writer.add_figure("search/val_acc_vs_strength", strength_figure(complete, folder.name))
+        by_method = method_figure(complete, folder.name)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        by_method.savefig(folder.path / METHODS_PNG, dpi=120)  # beside trials.csv
+        writer.add_figure("search/val_acc_by_method", by_method)
         probe_auc = probe_auc or _probe_auc(folder.best_ckpt)
         if probe_auc:
             writer.add_figure("probes/auc_per_layer", auc_figure(probe_auc))
