@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from steerlight.errors import SteerlightError
-from steerlight.model.generation import Generation, pad_token_id
+from steerlight.model.generation import Generation, pad_token_id, split_rows
 from steerlight.model.refill import refill_generate
 from steerlight.steering.activations import read_layers, skip_logits_kwargs
 from steerlight.steering.method import Call, SteeringMethod, hooked_generate, register
@@ -94,7 +94,13 @@ class Conditional(SteeringMethod):
 
     def generate(self, call: Call) -> Generation:
         layer = call.config.layers[0]
-        p = prompt_probability(call.model, call.input_ids, call.attention_mask, layer, call.state)
+        size = call.slots or len(call.input_ids)  # a val step's rows, a slot-sized group at once
+        p = torch.cat(
+            [
+                prompt_probability(call.model, ids, mask, layer, call.state)
+                for ids, mask in split_rows(call.input_ids, call.attention_mask, size)
+            ]
+        )
         steered = gate(p, call.config.options).to(call.input_ids.device)
         parts = []
         for on in (True, False):

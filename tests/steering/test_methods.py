@@ -292,3 +292,37 @@ def test_several_layers_are_refused_by_single_layer_methods(llama):
             model, tok, ids, mask, _config("conditional", (0, 1), 1.0), None, SETTINGS, (),
             state=state,
         )  # fmt: skip
+
+
+# ---- export and the figures' columns --------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["ablation", "conditional"])
+def test_export_refuses_methods_that_are_not_fixed_vectors_in_one_line(method, tmp_path):
+    from steerlight.export.state import read_state
+
+    checkpoint = {"hyper_parameters": {"method": method, "alpha": 1.0}, "steering": {}}
+    with pytest.raises(SteerlightError, match=f"method {method} is a .* not a fixed additive") as e:
+        read_state(checkpoint, tmp_path / "x.ckpt", "gguf")
+    assert "\n" not in str(e.value) and "caa" in str(e.value)
+
+
+def test_export_refuses_several_layers_in_one_line(tiny_llama_dir, tmp_path):
+    from steerlight.export.state import read_state
+
+    hp = {"method": "caa", "alpha": 1.0, "layer": [0, 1], "model_name_or_path": str(tiny_llama_dir)}
+    checkpoint = {"hyper_parameters": hp, "steering": {}}
+    with pytest.raises(SteerlightError, match=r"steers layers \[0, 1\]; an export holds one"):
+        read_state(checkpoint, tmp_path / "x.ckpt", "lm-eval")
+
+
+def test_hparams_columns_name_the_method_and_its_own_settings():
+    from steerlight.eval.figures import hparams_columns
+
+    pca = hparams_columns({"method": "pca", "alpha": 1.0, "layer": [1, 2], "options": {}})
+    assert pca["options.center"] == "pca_diff" and "1,2" in pca.values()
+    assert not any(k.startswith(("dac.", "options.threshold")) for k in pca)
+    dac = hparams_columns({"method": "dac", "alpha": 1.0, "dac": {"alpha_max": 2.0}})
+    assert dac["dac.alpha_max"] == 2.0 and not any(k.startswith("options.") for k in dac)
+    gated = {"method": "conditional", "alpha": 1.0, "options": {"threshold": 0.3}}
+    assert hparams_columns(gated)["options.threshold"] == 0.3
