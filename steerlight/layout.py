@@ -6,6 +6,7 @@ The one owner of these names: the search writes a study folder, `--ckpt best` re
     <root>/<study>/study.db              Optuna's SQLite storage (default storage)
     <root>/<study>/trials.csv            one row per trial
     <root>/<study>/best.yaml|.json|.ckpt the best trial's run config, summary and checkpoint
+    <root>/<study>/best_steered.json     the best trial that steers (when the best does not)
     <root>/<study>/trial_NNNN/           each trial's TensorBoard run and checkpoints
     <root>/<study>/summary/              the study's figures (TensorBoard)
     <checkpoint folder>/final_results.json, predictions.jsonl, reproducibility.json
@@ -72,6 +73,11 @@ class StudyFolder:
         return self.path / "best.ckpt"
 
     @property
+    def best_steered_json(self) -> Path:
+        """The best complete trial that steers: its number, val/acc, params and checkpoint."""
+        return self.path / "best_steered.json"
+
+    @property
     def summary(self) -> Path:
         return self.path / "summary"
 
@@ -95,6 +101,54 @@ def find_best(root: Path, study: str | None) -> tuple[Path, Path]:
             "run `python -m steerlight.search` first, or pass a checkpoint path"
         )
     return found[-1], found[-1].with_name("best.yaml")
+
+
+def unsteered_best(best_ckpt: Path) -> str | None:
+    """Where a study's best trial does not steer: a line that says so and names the best
+    steered trial (from best_steered.json) or what to do instead; None where the best steers
+    (or the study predates the `steers` record)."""
+    import json
+
+    try:
+        best = json.loads(best_ckpt.with_name("best.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if best.get("steers", True):
+        return None
+    line = (
+        f"study {best.get('study')!r}'s best trial ({best.get('trial')}, val/acc "
+        f"{best.get('val_acc', float('nan')):.4f}) does not steer: no steered trial beat the "
+        "unsteered baseline on val"
+    )
+    try:
+        steered = json.loads(best_ckpt.with_name("best_steered.json").read_text())
+    except (OSError, ValueError):
+        return f"{line}, and none completed; run more trials (the same search command resumes it)"
+    return (
+        f"{line}; its best steered trial is {steered['trial']} (val/acc "
+        f"{steered['val_acc']:.4f}, {steered['describe']}) at {steered['checkpoint']}"
+    )
+
+
+def refuse_unsteered_best(best_ckpt: Path) -> None:
+    """`test --ckpt best` where the best trial does not steer: one line, before any work."""
+    unsteered = unsteered_best(best_ckpt)
+    if unsteered:
+        raise SteerlightError(
+            f"--ckpt best: {unsteered}; test a steered checkpoint with --ckpt PATH, or run "
+            "more trials (the same search command with --n-trials 20 resumes the study)"
+        )
+
+
+def best_steered_checkpoint(best_ckpt: Path) -> Path | None:
+    """The checkpoint of a study's best steered trial (None where there is none)."""
+    import json
+
+    try:
+        path = Path(json.loads(best_ckpt.with_name("best_steered.json").read_text())["checkpoint"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return path if path.is_file() else None
 
 
 def find_last(root: Path) -> Path:

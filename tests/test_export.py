@@ -9,6 +9,7 @@ it, `steered_generate`); each target must generate the same greedy tokens.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import subprocess
 import sys
@@ -348,12 +349,30 @@ def test_best_and_last_are_found_under_root(fitted, tmp_path):
         export("best", "gguf", tmp_path / "c.gguf", study_name="nope", root=tmp_path / "logs")
 
 
+def test_an_unsteered_best_exports_the_best_steered_trial(fitted, tmp_path, caplog):
+    study = tmp_path / "logs" / "study"
+    study.mkdir(parents=True)
+    variant(fitted, study / "best.ckpt", alpha=0.0)  # the baseline won on val
+    best = {"study": "study", "trial": 0, "val_acc": 0.4, "params": {}, "steers": False}
+    (study / "best.json").write_text(json.dumps(best))
+    root = tmp_path / "logs"
+    with pytest.raises(SteerlightError, match="no steering to export: .* and none completed"):
+        export("best", "gguf", tmp_path / "a.gguf", study_name="study", root=root)
+    steered = {"trial": 3, "val_acc": 0.38, "describe": "caa at layer 2, alpha 1.5"}
+    (study / "best_steered.json").write_text(json.dumps({**steered, "checkpoint": str(fitted)}))
+    with caplog.at_level(logging.WARNING, logger="steerlight"):
+        done = export("best", "gguf", tmp_path / "a.gguf", study_name="study", root=root)
+    assert done.state.checkpoint == fitted.resolve() and done.state.layer == 2
+    assert "does not steer: no steered trial beat the unsteered baseline on val" in caplog.text
+    assert "best steered trial is 3 (val/acc 0.3800, caa at layer 2, alpha 1.5)" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("change", "fmt", "out", "message"),
     [
         ({"method": "none"}, "lm-eval", "s.pt", r"does not steer \(method: none\)"),
         ({"alpha": 0.0}, "gguf", "c.gguf", r"does not steer \(alpha: 0\)"),
-        ({"layer": 0}, "gguf", "c.gguf", "cannot steer .*direction.0"),
+        ({"layer": 0}, "gguf", "c.gguf", "layer 0, which --format gguf cannot hold: .*direction.0"),
         ({}, "lm-eval", "steer.json", "reads only .pt or .pth"),
         ({}, "onnx", "x.bin", "unknown format 'onnx': choose one of lm-eval, steering-vectors"),
         ({}, "lm-eval", "a_file/steer.pt", "--out: cannot write in"),

@@ -96,6 +96,8 @@ def export(
         gguf_file.gguf_package()  # before any work: a missing package is said first
     ensure_writable_dir(out.parent, "--out")
     path, _ = resolve_checkpoint(str(ckpt), study_name, Path(root))
+    if str(ckpt) == "best":
+        path = _steering_best(path)
     path = path.resolve()
     state = read_state(check_checkpoint(path), path, _NAMES[format])
     if target is gguf_file:
@@ -104,6 +106,20 @@ def export(
         log.warning("warning: %s", note)
     _write(target, state, out)
     return Exported(out, format, state, target.usage(state, out))
+
+
+def _steering_best(best: Path) -> Path:
+    """`--ckpt best`, or the study's best steered trial where its best trial does not steer."""
+    from steerlight.layout import best_steered_checkpoint, unsteered_best
+
+    unsteered = unsteered_best(best)
+    if unsteered is None:
+        return best
+    steered = best_steered_checkpoint(best)
+    if steered is None:
+        raise SteerlightError(f"--ckpt best: there is no steering to export: {unsteered}")
+    log.warning("--ckpt best: %s; exporting that trial's steering", unsteered)
+    return steered
 
 
 def _write(target, state: ExportState, out: Path) -> None:

@@ -12,7 +12,13 @@ As llama.cpp's ``common_control_vector_load_one`` (common/common.cpp) reads it a
   position. ``direction.0`` is refused ("invalid (zero) direction tensor layer index"): the
   output of the first layer cannot be steered.
 
-steerlight's layer index is the same 0-based decoder-layer index, so layer L is ``direction.L``.
+Checked in llama.cpp's source: ``common_control_vector_load_one`` puts ``direction.N`` at
+``data[n_embd * (N - 1)]`` ("layer 1 at [0]"); ``llama_adapter_cvec::apply`` copies that slot
+into ``tensors[N]`` (``init`` pushes ``nullptr`` for layer 0: "there's never a tensor for layer
+0"); each model graph ends layer ``il`` with ``cur = build_cvec(cur, il)`` right after the FFN
+residual add, and ``tensor_for(il)`` returns ``tensors[il]``. So ``direction.N`` is added to the
+output of 0-based decoder layer N, where steerlight's hook adds layer N's vector: layer L is
+``direction.L``, with no offset, and layer 0 cannot be written.
 The file's ``steerlight.*`` keys record where it came from.
 """
 
@@ -43,9 +49,10 @@ def check_state(state: ExportState) -> None:
     """llama.cpp has no control vector for the output of decoder layer 0."""
     if state.layer == 0:
         raise SteerlightError(
-            f"checkpoint {state.checkpoint} steers decoder layer 0, whose output llama.cpp "
-            "control vectors cannot steer (it rejects direction.0); export it as lm-eval or "
-            "steering-vectors, or fit on a later layer"
+            f"checkpoint {state.checkpoint} steers decoder layer 0, which --format gguf cannot "
+            "hold: llama.cpp control vectors have no tensor for layer 0's output (its loader "
+            "rejects direction.0); export it as lm-eval or steering-vectors, or search layers "
+            "from 1 on (layer: {probe_top_k: N, min_layer: 1}, as configs/debug.yaml does)"
         )
 
 

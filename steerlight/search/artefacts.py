@@ -43,7 +43,39 @@ def write_artefacts(study, folder: StudyFolder) -> None:
     write_text(folder.best_yaml, header + yaml.safe_dump(config, sort_keys=False))
     copy_file(Path(best.user_attrs["checkpoint"]), folder.best_ckpt)
     summary = {"study": folder.name, "trial": best.number, "val_acc": best.value}
-    write_text(folder.best_json, json.dumps({**summary, "params": best.params}))
+    steers = _steers(best)
+    write_text(folder.best_json, json.dumps({**summary, "params": best.params, "steers": steers}))
+    steered = [t for t in with_ckpt if _steers(t)]
+    if steered:
+        top = max(steered, key=lambda t: (t.value, -t.number))
+        record = {
+            "study": folder.name,
+            "trial": top.number,
+            "val_acc": top.value,
+            "params": top.params,
+            "describe": describe_steering(top.user_attrs["config"].get("model", {})),
+            "checkpoint": str(Path(top.user_attrs["checkpoint"]).resolve()),
+        }
+        write_text(folder.best_steered_json, json.dumps(record))
+
+
+def _steers(trial) -> bool:
+    """Whether a trial's configuration steers: a method with a strength, and that strength != 0."""
+    from steerlight.steering.method import get
+
+    model = trial.user_attrs.get("config", {}).get("model", {})
+    method = get(model.get("method", "caa"))
+    return method.strength is not None and method.strength_of(model) != 0
+
+
+def describe_steering(model: dict) -> str:
+    """`caa at layer 2, alpha 0.8`: a trial's method, layer and strength in a few words."""
+    from steerlight.steering.method import get
+
+    name = model.get("method", "caa")
+    method = get(name)
+    strength = f", {method.strength} {method.strength_of(model):.3g}" if method.strength else ""
+    return f"{name} at layer {model.get('layer', 'auto')}{strength}"
 
 
 METHODS_PNG = "val_acc_by_method.png"

@@ -42,7 +42,8 @@ class Space:
 
     Names are `SteeredLM` arguments, and `group.field` for its settings groups
     (`dac.alpha_max`, `generation.max_new_tokens`). `layer: {probe_top_k: N}` searches the N
-    layers whose probes score best on train. `when: {method: {...}}` adds dimensions only for
+    layers whose probes score best on train (`min_layer: 1` leaves out layer 0, whose output
+    llama.cpp control vectors cannot steer). `when: {method: {...}}` adds dimensions only for
     that method.
     """
 
@@ -157,7 +158,7 @@ class Space:
             if isinstance(spec, list):
                 params[name] = spec[0]
             elif isinstance(spec, Mapping) and "probe_top_k" in spec and probe_auc is not None:
-                params[name] = _top_layers(probe_auc, spec["probe_top_k"])[0]
+                params[name] = _top_layers(probe_auc, spec)[0]
         from steerlight.steering.method import get
 
         alpha = [m for m in _as_list(self.params.get("method", [])) if get(m).strength == "alpha"]
@@ -184,9 +185,14 @@ def _check_dimension(where: str, spec: Any) -> None:
         raise SteerlightError(f"{where}: an empty list of choices")
     if isinstance(spec, Mapping):
         if "probe_top_k" in spec:
-            k = spec["probe_top_k"]
+            k, low = spec["probe_top_k"], spec.get("min_layer", 0)
             if not isinstance(k, int) or k < 1:
                 raise SteerlightError(f"{where}: probe_top_k must be a positive integer, got {k!r}")
+            if set(spec) - {"probe_top_k", "min_layer"} or not isinstance(low, int) or low < 0:
+                raise SteerlightError(
+                    f"{where}: a probe choice is {{probe_top_k: N}} with an optional "
+                    f"min_layer (an integer >= 0); got {dict(spec)}"
+                )
             return
         if set(spec) - {"low", "high", "log", "step"} or not {"low", "high"} <= set(spec):
             raise SteerlightError(
@@ -200,9 +206,15 @@ def _check_dimension(where: str, spec: Any) -> None:
             raise SteerlightError(f"{where}: low ({low}) must be below high ({high})")
 
 
-def _top_layers(probe_auc: list[float], k: int) -> list[int]:
-    """The k layers whose probes score best, in layer order."""
-    return sorted(sorted(range(len(probe_auc)), key=lambda i: -probe_auc[i])[:k])
+def _top_layers(probe_auc: list[float], spec: Mapping[str, int]) -> list[int]:
+    """The `probe_top_k` layers from `min_layer` on whose probes score best, in layer order."""
+    low = spec.get("min_layer", 0)
+    if low >= len(probe_auc):
+        raise SteerlightError(
+            f"layer: min_layer {low} leaves none of the model's {len(probe_auc)} layers"
+        )
+    ranked = sorted(range(low, len(probe_auc)), key=lambda i: -probe_auc[i])
+    return sorted(ranked[: spec["probe_top_k"]])
 
 
 def _distribution(name: str, spec: Any, probe_auc: list[float] | None):
@@ -214,7 +226,7 @@ def _distribution(name: str, spec: Any, probe_auc: list[float] | None):
     if isinstance(spec, Mapping) and "probe_top_k" in spec:
         if probe_auc is None:
             raise SteerlightError("layer: probe_top_k needs the probes fitted before the search")
-        return CategoricalDistribution(_top_layers(probe_auc, spec["probe_top_k"]))
+        return CategoricalDistribution(_top_layers(probe_auc, spec))
     if isinstance(spec, Mapping):
         low, high, log = spec["low"], spec["high"], spec.get("log", False)
         try:

@@ -18,7 +18,12 @@ from typing import Any, Literal
 
 from steerlight.errors import SteerlightError, one_line
 from steerlight.io import ensure_writable_dir
-from steerlight.layout import StudyFolder, check_study_name
+from steerlight.layout import (
+    StudyFolder,
+    best_steered_checkpoint,
+    check_study_name,
+    unsteered_best,
+)
 from steerlight.search.artefacts import log_figures, write_artefacts
 from steerlight.search.objective import Search
 from steerlight.search.space import Space
@@ -353,4 +358,17 @@ def _print_summary(study, folder: StudyFolder, seconds: float) -> None:
             f"give every worker one shared --root to have the study's best in {folder.path}"
         )
     root = "" if folder.root == Path("lightning_logs") else f" --root {folder.root}"
-    log.info(f"[{name}] next: python -m steerlight test --ckpt best --study-name {name}{root}")
+    unsteered = unsteered_best(folder.best_ckpt)
+    if unsteered is None:
+        log.info(f"[{name}] next: python -m steerlight test --ckpt best --study-name {name}{root}")
+        return
+    log.info(f"[{name}] {unsteered}")
+    steered = best_steered_checkpoint(folder.best_ckpt)
+    anyway = (
+        f"; or test the best steered trial anyway (`export --ckpt best` exports it): "
+        f"python -m steerlight test --ckpt {steered}"
+    )
+    log.info(
+        f"[{name}] next: more trials (this command again with --n-trials 20 resumes the "
+        f"study){anyway if steered else ''}"
+    )
