@@ -30,6 +30,29 @@ def gsm8k_dir(tmp_path_factory) -> Path:
     pytest.skip(why)
 
 
+CONSUMERS = {"lm_eval": "lm-eval", "steering_vectors": "steering-vectors"}
+"""The export tests' optional consumers (import name -> distribution): `.ci/run` installs them
+with --no-deps (steering-vectors pins transformers<5), the README's install does not."""
+
+
+def need_consumer(module: str):
+    """Import `module` of an optional consumer (`steering_vectors.layer_matching`, ...).
+
+    Missing, the test skips with the reason, except under STEERLIGHT_REQUIRE_CONSUMERS=1 (CI),
+    where it fails.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        dist = CONSUMERS.get(module.partition(".")[0], module.partition(".")[0])
+        why = f"{dist} is not installed ({err}); .ci/run installs it: pip install --no-deps {dist}"
+    if os.environ.get("STEERLIGHT_REQUIRE_CONSUMERS") == "1":
+        pytest.fail(f"{why}, but STEERLIGHT_REQUIRE_CONSUMERS=1 requires it")
+    pytest.skip(why)
+
+
 def _gsm8k_from_hub(folder: Path) -> Path:
     """`openai/gsm8k` as train.jsonl/test.jsonl in `folder` (a quick reachability check first)."""
     from datasets import load_dataset

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, need_consumer, subprocess_env
 from random_models import ARCHS, NUM_LAYERS
 
 from steerlight.errors import SteerlightError
@@ -125,7 +125,7 @@ def rows(tokens: torch.Tensor, pad: int) -> list[list[int]]:
 
 
 def test_lm_eval_steered_model_generates_steerlights_tokens(fitted, reference, tmp_path):
-    from lm_eval.models.hf_steered import SteeredModel
+    SteeredModel = need_consumer("lm_eval.models.hf_steered").SteeredModel
 
     module, ids, mask, settings, steered = reference
     done = export(fitted, "lm-eval", tmp_path / "steer.pt")
@@ -167,7 +167,7 @@ def test_lm_eval_steered_model_generates_steerlights_tokens(fitted, reference, t
         assert rows(out[:, context.shape[1] :], pad) == [expected[i]]
 
     # And through the request API `lm_eval --tasks gsm8k` uses, with GSM8K's stop strings.
-    from lm_eval.api.instance import Instance
+    Instance = need_consumer("lm_eval.api.instance").Instance
 
     stop = list(module.preset.stop)
     requests = [
@@ -196,8 +196,8 @@ def test_lm_eval_steered_model_generates_steerlights_tokens(fitted, reference, t
 
 
 def test_steering_vectors_apply_generates_steerlights_tokens(fitted, reference, tmp_path):
-    from steering_vectors import SteeringVector
-    from steering_vectors.layer_matching import guess_decoder_block_matcher
+    SteeringVector = need_consumer("steering_vectors").SteeringVector
+    matcher = need_consumer("steering_vectors.layer_matching").guess_decoder_block_matcher
 
     module, ids, mask, settings, steered = reference
     done = export(fitted, "steering-vectors", tmp_path / "sv.pt")
@@ -205,7 +205,7 @@ def test_steering_vectors_apply_generates_steerlights_tokens(fitted, reference, 
     saved = torch.load(done.path, weights_only=True)
     assert saved["layer_type"] == "decoder_block"
     assert saved["layer_config"] == {"decoder_block": "model.layers.{num}"}
-    assert saved["layer_config"]["decoder_block"] == guess_decoder_block_matcher(module.model)
+    assert saved["layer_config"]["decoder_block"] == matcher(module.model)
     assert list(saved["layer_activations"]) == [2]
     torch.testing.assert_close(saved["layer_activations"][2], ALPHA * module.steering_vector())
     assert saved["steerlight"]["coefficient"] == done.state.coefficient
@@ -424,10 +424,11 @@ def test_every_architecture_gets_names_its_loaders_resolve(arch, tmp_path):
     """lm-eval resolves the hookpoint in `model.base_model.named_modules()`; steering-vectors
     finds `layer_config`'s template in `model.named_modules()` (here from the config alone)."""
     import transformers
-    from steering_vectors.layer_matching import collect_matching_layers
     from transformers import AutoModelForCausalLM
 
     from steerlight.export.state import model_structure
+
+    matching = need_consumer("steering_vectors.layer_matching").collect_matching_layers
 
     name, kwargs, layers_key = ARCHS[arch]
     config = getattr(transformers, name)(**{layers_key: NUM_LAYERS[arch]}, **kwargs)
@@ -446,4 +447,4 @@ def test_every_architecture_gets_names_its_loaders_resolve(arch, tmp_path):
             is dict(model.named_modules())[structure.layer_name(layer)]
         )
     template = structure.layers_name + ".{num}"
-    assert len(collect_matching_layers(model, template)) == structure.num_layers
+    assert len(matching(model, template)) == structure.num_layers
