@@ -107,3 +107,23 @@ def layer_hidden_states(output: Any, model_type: str, layer: int, tokens: int | 
         f"cannot steer {model_type}: {why} (layer {layer} returned {got}{per}; steering needs "
         f"(batch, {tokens if tokens is not None else 'tokens'}, hidden))"
     )
+
+
+def check_fits(model: nn.Module, name: str, layer: Any, max_new_tokens: int) -> None:
+    """The configured layer (an index, a list of them or ``auto``) exists and `max_new_tokens`
+    fits the context of the model called `name`; a one-line `SteerlightError` otherwise."""
+    from steerlight.model.loading import context_length
+
+    context = context_length(model)
+    if context is not None and max_new_tokens >= context:
+        raise SteerlightError(
+            f"model.generation.max_new_tokens={max_new_tokens} does not fit {name!r}, whose "
+            f"context holds {context} tokens with the prompt: use fewer (GSM8K solutions need "
+            "about 256)"
+        )
+    if layer != "auto":
+        try:
+            for index in layer if isinstance(layer, list) else [layer]:
+                resolve_layer(model, index)
+        except ValueError as err:
+            raise SteerlightError(str(err)) from None
