@@ -152,6 +152,7 @@ def _load_builtins() -> None:
     _LOADED = True
     import steerlight.steering as package
 
+    importlib.import_module(f"{package.__name__}.caa")  # the default method is listed first
     for info in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{info.name}")
 
