@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from steerlight import layout
 from steerlight.checkpoint import SteeringCheckpoint, check_checkpoint
+from steerlight.console import lightning_notice
 from steerlight.data.datamodule import GSM8KDataModule
 from steerlight.errors import SteerlightError, one_line
 from steerlight.io import ensure_writable_dir, read_config
@@ -37,9 +38,7 @@ _EXPECTED_WARNINGS = (
 def quiet_expected_warnings() -> None:
     for pattern in _EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
-    )
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lightning_notice)
 
 
 class SaveConfigOnStart(SaveConfigCallback):
@@ -92,6 +91,33 @@ class SteerlightCLI(LightningCLI):
             help="The search space that `python -m steerlight.search` reads from the same "
             "config file; ignored by fit/validate/test/predict.",
         )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's, less `predict` (a frozen model steered to answer has no `forward`)."""
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in COMMANDS}
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        """Lightning's subcommands with steerlight's help (Lightning's first docstring lines
+        stop mid-sentence), and the commands `python -m steerlight` hands to other parsers."""
+        from argparse import _SubParsersAction
+
+        for name in self.subcommands():
+            kwargs.setdefault(name, {}).setdefault("description", COMMANDS[name])
+        super()._add_subcommands(parser, **kwargs)
+        action = parser._subcommands_action
+        for choice in action._choices_actions:
+            choice.help = COMMANDS[choice.dest]
+        for name in [n for n in COMMANDS if n not in self.subcommands()]:
+            pseudo = _SubParsersAction._ChoicesPseudoAction(name, (), COMMANDS[name])
+            action._choices_actions.append(pseudo)
+        action.metavar = "{" + ",".join(COMMANDS) + "}"
+
+    def after_fit(self) -> None:
+        """The result as the run's last line, after Lightning's notices and bar."""
+        from steerlight.progress import log_result
+
+        log_result(self.trainer)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if isinstance(args, dict):
@@ -156,6 +182,9 @@ class SteerlightCLI(LightningCLI):
             raise SteerlightError(f"trainer: {one_line(str(err))}") from None
         except (ValueError, TypeError) as err:
             raise SteerlightError(explain(str(err), self.parser)) from None
+        for logger in self.trainer.loggers:  # each run writes its HPARAMS row itself, not
+            if hasattr(logger, "_default_hp_metric"):  # Lightning's raw one with hp_metric -1
+                logger._default_hp_metric = False
 
     def _parse_ckpt_path(self) -> None:
         """The model arguments saved in --ckpt_path, except those given as `--model.*` flags.
@@ -341,13 +370,19 @@ def add_location_arguments(parser: LightningArgumentParser) -> None:
 
 
 DESCRIPTION = (
-    "steerlight: activation-steering search for Hugging Face causal LMs on GSM8K. fit: steering "
-    "vectors and probes on train, scored on val; validate / test / predict: a fitted "
-    "configuration (`test --ckpt best` gives the verdict on test, beside the unsteered "
-    "baseline); search: Optuna over method, layer and strength (`python -m steerlight search "
-    "--help`); export: the chosen steering as an lm-eval, steering-vectors or GGUF file; "
-    "tiny: build the embedded offline model."
+    "steerlight: activation-steering search for Hugging Face causal LMs on GSM8K. "
+    "`python -m steerlight COMMAND --help` documents each command."
 )
+COMMANDS = {
+    "fit": "Fit steering vectors and probes on train, then score the configuration on val.",
+    "validate": "Score a fitted configuration on val (--ckpt best|last|PATH).",
+    "test": "The verdict: the chosen configuration beside the unsteered baseline on test, "
+    "once (--ckpt best).",
+    "search": "Optuna over method, layer and strength, scored on val (its own --help).",
+    "export": "Write a checkpoint's steering as an lm-eval, steering-vectors or GGUF file.",
+    "tiny": "Build the embedded offline model (fit builds it on first use).",
+}
+"""Every `python -m steerlight` command and its one line in `--help`."""
 
 
 def cli_main(

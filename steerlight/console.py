@@ -80,6 +80,34 @@ def lightning_banners_once() -> Iterator[None]:
             handler.removeFilter(once)
 
 
+def lightning_notice(record: logging.LogRecord) -> bool:
+    """A filter on Lightning's notices: drops its litlogger advert and says what loading a
+    checkpoint loads (steerlight's hold the steering state, never the model's weights)."""
+    message = record.getMessage()
+    if message.startswith("Loaded model weights from the checkpoint at "):
+        path = message.rpartition(" at ")[2]
+        record.msg, record.args = f"Loaded the steering state (no model weights) from {path}", ()
+    return "litlogger" not in message
+
+
+@contextlib.contextmanager
+def lightning_as_log_records() -> Iterator[None]:
+    """Within the block (the Python API), Lightning's notices are plain log records that the
+    caller's logging shows or not, like steerlight's: without it Lightning prints them on
+    stderr itself, through the handlers it adds (on `lightning`, and on `lightning.pytorch`
+    and `lightning.fabric` where the root logger has none)."""
+    names = ("lightning", "lightning.pytorch", "lightning.fabric")
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(logger.handlers, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers, logger.propagate = [], True
+    try:
+        yield
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
+            logger.handlers, logger.propagate = handlers, propagate
+
+
 def _clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60

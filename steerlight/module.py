@@ -48,7 +48,7 @@ from steerlight.steering.hooks import Positions
 
 log = logging.getLogger(__name__)
 
-STAGES = ("val", "test", "test_baseline")
+STAGES = ("val", "val_baseline", "test", "test_baseline")
 SETTINGS_GROUPS = {"generation": GenerationSettings, "dac": DACSettings}
 """`SteeredLM` arguments that are dataclasses: `model.generation.*`, `model.dac.*`."""
 
@@ -125,8 +125,9 @@ class SteeredLM(pl.LightningModule):
             raise SteerlightError(f"layer={layer!r} is invalid: use an integer, a list or 'auto'")
         self.options = methods.check_options(method, options)
         self.save_hyperparameters(ignore=["generation", "dac"])
-        # plain dicts: checkpoints are read with `weights_only=True`, which refuses dataclasses
-        self.hparams.update(generation=dataclasses.asdict(generation), dac=dataclasses.asdict(dac))
+        # plain dicts (`weights_only=True` loads refuse dataclasses), also in hparams.yaml
+        groups = {"generation": dataclasses.asdict(generation), "dac": dataclasses.asdict(dac)}
+        self.save_hyperparameters({**self.hparams, **groups})
         self.preset, self.settings, self.dac = get_preset(preset), generation, dac
         # checked now: a bad $STEERLIGHT_HOME is an error before any run folder is written
         self.cache_dir = Path(cache_dir) if cache_dir else steerlight_home() / "activations"
@@ -267,11 +268,12 @@ class SteeredLM(pl.LightningModule):
     # validates one shard of val, so `val/acc` after epoch r is the accuracy on r+1 shards -
     # the intermediate value the search's pruner sees.
     def on_fit_start(self) -> None:
-        self.metrics["val"].reset()
+        for stage in ("val", "val_baseline"):
+            self.metrics[stage].reset()
 
     def on_validation_start(self) -> None:
         if self.trainer.state.fn != "fit":
-            self.metrics["val"].reset()
+            self.on_fit_start()
 
     def on_test_start(self) -> None:
         self.metrics["test"].reset()
@@ -285,7 +287,11 @@ class SteeredLM(pl.LightningModule):
         self.samples["test"], self.records = [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._score(batch, self.generate_batch(batch).texts, "val")
+        texts = self.generate_batch(batch).texts
+        self._score(batch, texts, "val")
+        if not self.steers or self.generation_memo is not None:  # free: same, or a search's memo
+            base = self.generate_batch(batch, steered=False).texts if self.steers else texts
+            self._score(batch, base, "val_baseline")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """The steered model and the unsteered baseline on the same questions (paired)."""
@@ -323,9 +329,12 @@ class SteeredLM(pl.LightningModule):
         for mode, value in values.items():
             self.log(f"{stage}/acc_{mode}", value)
         # `<stage>/acc` is what checkpoints and the search monitor: strict match.
-        self.log(f"{stage}/acc", values["strict"], prog_bar=True)  # shown at the end of fit
+        self.log(f"{stage}/acc", values["strict"])  # `fit` ends with it (cli.after_fit)
         total = self.metrics[stage].strict.total.float()  # this rank's count
         self.log(f"{stage}/questions", total, sync_dist=True, reduce_fx="sum")
+        if stage == "val" and int(self.metrics["val_baseline"].strict.total):  # the 1st card
+            self.log("acc/val_steered", values["strict"])
+            self.log("acc/val_baseline", self.metrics["val_baseline"].compute()["strict"])
         if self.trainer.state.fn == "fit":  # (validate/test: no rounds, no `step` in the table)
             # the x-axis of these scalars: the round (a search trial's val shard), not the
             # optimizer step, which stays 0 for closed-form vectors
@@ -335,9 +344,7 @@ class SteeredLM(pl.LightningModule):
             figures.log_stage(
                 writer, stage, self.samples[stage], self._dac_alphas, self.current_epoch
             )
-            metrics = {f"{stage}/acc": float(values["strict"])}
-            metrics[f"{stage}/acc_flexible"] = float(values["flexible"])
-            self.logger.log_hyperparams(figures.hparams_columns(self.hparams), metrics)
+            figures.log_hparams(writer, figures.hparams_columns(self.hparams))
         self._dac_alphas = []
 
     def _write_results(self, out: Path) -> None:

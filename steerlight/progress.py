@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -69,7 +70,8 @@ class PassProgress(Callback):
                 last[0] = now
                 log.info(
                     f"{self.prefix}{what}: {self._pace.done}/{self._pace.total} questions done; "
-                    f"the next {questions}: {forwards[0]} forward passes in {now - started:.0f}s"
+                    f"still decoding a step of {questions} questions: {forwards[0]} forward "
+                    f"passes in {now - started:.0f}s"
                 )
 
         self._hook = model.register_forward_pre_hook(count)
@@ -81,6 +83,11 @@ class PassProgress(Callback):
             self._hook = None
         if self._module is not None:
             self._module.on_rows_done, self._module = None, None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        bar = trainer.progress_bar_callback  # (Lightning's; a bar of ours would clash with
+        if bar is not None:  # `enable_progress_bar: false`): no logger version `v_num` on it
+            bar.get_metrics = partial(_without_version, type(bar).get_metrics, bar)
 
     # The clock starts at a pass's first batch, after the module's epoch-start work (fitting
     # the probes at the end of `fit`), which is not the pass's.
@@ -141,6 +148,10 @@ class PassProgress(Callback):
         self._report("test", batch, pl_module)
 
 
+def _without_version(get_metrics, bar, trainer: pl.Trainer, pl_module: pl.LightningModule):
+    return {k: v for k, v in get_metrics(bar, trainer, pl_module).items() if k != "v_num"}
+
+
 def _what(trainer: pl.Trainer, stage: str) -> str:
     """A pass's name in its lines: `train activations`, `val round 2/4`, `val`, `test ...`."""
     if stage == "val":
@@ -148,6 +159,16 @@ def _what(trainer: pl.Trainer, stage: str) -> str:
         in_rounds = trainer.state.fn == "fit" and rounds > 1  # a search trial's pruning rounds
         return f"val round {trainer.current_epoch + 1}/{rounds}" if in_rounds else "val"
     return {"train": "train activations", "test": "test (steered and baseline)"}[stage]
+
+
+def log_result(trainer: pl.Trainer) -> None:
+    """`val/acc 0.450 (strict exact match, 120 val questions)`: the line a fit ends with."""
+    metrics = trainer.callback_metrics
+    if "val/acc" not in metrics or not trainer.is_global_zero:
+        return
+    n = f", {int(metrics['val/questions'])} val questions" if "val/questions" in metrics else ""
+    acc = float(metrics["val/acc"])  # (a result: shown under --quiet, unlike progress lines)
+    logging.getLogger("steerlight").info(f"val/acc {acc:.3f} (strict exact match{n})")
 
 
 class StepProgress(Callback):

@@ -279,7 +279,7 @@ def assert_tensorboard_review(log_dir: Path) -> None:
     columns = hparams_experiment(log_dir)
     assert {"val/acc", "val/acc_flexible"} <= columns["metrics"], "real metric columns"
     names = columns["hparams"]
-    assert names[:3] == ["method", "layer", "alpha"], "what is steered comes first"
+    assert names[:3] == ["1 method", "2 layer", "3 strength"], "what is steered comes first"
     assert not {"_instantiator", "cache_dir", "log_samples"} & set(names), names
     assert not [n for n in names if n.startswith("dac.")], "a CAA run leaves DAC's blank"
     assert "generation.max_new_tokens" in names

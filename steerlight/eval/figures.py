@@ -16,6 +16,16 @@ SAMPLE_COLUMNS = ("question", "completion", "extracted", "gold", "correct")
 
 HPARAMS_FIRST = ("method", "layer", "alpha", "positions", "normalization", "read_position")
 
+LEADING = {"method": "1 method", "layer": "2 layer", "strength": "3 strength"}
+"""TensorBoard's HPARAMS tab sorts the columns by name and shows the first five, then the
+first five metrics (`METRICS`): these names sort first, so a run reads as what was steered
+how strongly (`alpha`, or DAC's `dac.alpha_max`), then its accuracy."""
+
+METRICS = ("val/acc", "test/acc", "acc/val_baseline", "test/baseline_acc_strict")
+METRICS += ("val/acc_flexible", "test/acc_flexible")
+"""The metric columns of every run (a run's own scalars fill them; the rest stay blank), the
+same in every run: TensorBoard takes one run's list for the whole table."""
+
 
 def hparams_columns(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """The run's settings for TensorBoard's HPARAMS tab: what is steered first, then decoding
@@ -38,6 +48,12 @@ def hparams_columns(hparams: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("pairs", "preset", "dtype", "seed"):
         if key in hparams:
             out[key] = hparams[key]
+    lead = {LEADING["method"]: out.pop("method", method.name)}
+    if "layer" in out:
+        lead[LEADING["layer"]] = out.pop("layer")
+    lead[LEADING["strength"]] = _strength(hparams, method.strength)
+    out.pop("alpha", None)  # (it is the strength)
+    out = {**lead, **out}
     name = str(hparams.get("model_name_or_path", ""))
     out["model"] = (
         name
@@ -47,6 +63,26 @@ def hparams_columns(hparams: Mapping[str, Any]) -> dict[str, Any]:
         )
     )
     return out
+
+
+def _strength(hparams: Mapping[str, Any], name: str | None) -> float:
+    """The value of a method's strength setting (`alpha`, `dac.alpha_max`); 0 without one."""
+    if name is None:
+        return 0.0
+    group, _, key = name.rpartition(".")
+    return (dict(hparams.get(group) or {}) if group else hparams).get(key, 0.0)
+
+
+def log_hparams(writer, columns: Mapping[str, Any]) -> None:
+    """A run's row in TensorBoard's HPARAMS tab, its metric columns named by `METRICS`.
+
+    Written straight to the event file: Lightning's `log_hyperparams(params, metrics)` also
+    logs each metric as a scalar, which would put `val/acc` on its chart twice.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    for summary in hparams(dict(columns), dict.fromkeys(METRICS, 0.0)):
+        writer._get_file_writer().add_summary(summary)
 
 
 def _pyplot():

@@ -20,9 +20,11 @@ __all__ = ["search", "verdict"]
 
 def search(config: str | Path | dict = "configs/debug.yaml", **kwargs: Any):
     """Run a search and return its `optuna.Study` (see `steerlight.search.command.search`)."""
+    from steerlight.console import lightning_as_log_records
     from steerlight.search.command import search as run
 
-    return run(config, **kwargs)
+    with lightning_as_log_records():
+        return run(config, **kwargs)
 
 
 def verdict(
@@ -39,11 +41,13 @@ def verdict(
     import json
 
     from steerlight.cli import cli_main
+    from steerlight.console import lightning_as_log_records
     from steerlight.layout import RESULTS
 
-    argv = ["test", "--ckpt", ckpt, "--root", str(root)]
+    argv = ["test", "--ckpt", ckpt, "--root", str(root), "--trainer.enable_progress_bar=false"]
     argv += ["--study-name", study_name] if study_name else []
     for key, value in (overrides or {}).items():
         argv.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
-    cli = cli_main(args=argv)
+    with lightning_as_log_records():
+        cli = cli_main(args=argv)
     return json.loads((cli.model.results_dir() / RESULTS).read_text())

@@ -98,7 +98,6 @@ class Search:
 
     def __call__(self, trial) -> float:
         import optuna
-        from optuna_integration import PyTorchLightningPruningCallback
 
         from steerlight.cli import cli_main
 
@@ -113,7 +112,7 @@ class Search:
                 raise optuna.TrialPruned(f"same configuration as trial {twin.number} (pruned)")
             return twin.value
         try:
-            pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
+            pruning = pruning_callback(trial)
             cli = cli_main(
                 args=self.trial_config(params, StudyFolder.trial_version(trial.number)),
                 run=False,
@@ -169,6 +168,28 @@ class Search:
                 f"({', '.join(f'{k} {recorded.get(k)} -> {seen[k]}' for k in changed)}): its "
                 "values would not compare; use another --study_name"
             )
+
+
+def pruning_callback(trial):
+    """Optuna's Lightning pruning on `val/acc`, except that a pruned trial ends without a value.
+
+    Optuna gives a pruned trial its last intermediate value, a running accuracy on the first
+    val shards, which optuna-dashboard's history then plots among the complete trials' values
+    on all of val. A NaN reported one round later, after the decision, leaves the trial without
+    one (pruners read complete trials only); the intermediate-values plot keeps its rounds.
+    """
+    import optuna
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    class Pruning(PyTorchLightningPruningCallback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            try:
+                super().on_validation_end(trainer, pl_module)
+            except optuna.TrialPruned:
+                trial.report(float("nan"), step=pl_module.current_epoch + 1)
+                raise
+
+    return Pruning(trial, monitor="val/acc")
 
 
 def _finished_twin(trial, poll_s: float = TWIN_POLL_S):

@@ -168,8 +168,8 @@ def progress_line(study, trial) -> None:
     if trial.state == optuna.trial.TrialState.COMPLETE:
         outcome = f"val/acc {trial.value:.4f}"
     elif trial.state == optuna.trial.TrialState.PRUNED:
-        steps = trial.intermediate_values
-        outcome = f"PRUNED after round {max(steps) + 1 if steps else 0}"
+        rounds = [v for v in trial.intermediate_values.values() if v == v]  # (NaN: the end)
+        outcome = f"PRUNED after round {len(rounds)}"
     else:
         outcome = f"FAIL: {trial.user_attrs.get('error', 'see the log')}"
     retry = trial.system_attrs.get("failed_trial")
