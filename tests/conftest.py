@@ -181,7 +181,8 @@ def postgres_url() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    """The embedded default model, trained once per $STEERLIGHT_HOME (minutes on a clean one)."""
+    """The embedded default model: the shipped copy, installed once per $STEERLIGHT_HOME (in
+    milliseconds; no test waits on a build unless it asks for another recipe)."""
     from steerlight.tiny import tiny_model_path
 
     return tiny_model_path()
