@@ -147,6 +147,16 @@ def test_every_hparams_row_shows_its_strength(hparams, strength):
     assert columns["generation.max_new_tokens"] == 8
 
 
+def test_an_hparams_row_takes_any_setting(tmp_path):
+    """TensorBoard's HPARAMS plugin takes numbers, strings and booleans: others become text."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    figures.log_hparams(writer, {"1 method": "pca", "options.pair": (1, 2), "options.x": None})
+    writer.close()
+    assert hparams_shown(tmp_path)[0] == ["1 method", "options.pair", "options.x"]
+
+
 def test_a_search_from_python_prints_nothing_and_compares_with_the_baseline(
     llama, tmp_path, monkeypatch, capfd
 ):

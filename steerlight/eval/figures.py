@@ -81,7 +81,8 @@ def log_hparams(writer, columns: Mapping[str, Any]) -> None:
     """
     from torch.utils.tensorboard.summary import hparams
 
-    for summary in hparams(dict(columns), dict.fromkeys(METRICS, 0.0)):
+    row = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in columns.items()}
+    for summary in hparams(row, dict.fromkeys(METRICS, 0.0)):
         writer._get_file_writer().add_summary(summary)
 
 
@@ -188,23 +189,37 @@ def strength_figure(trials: Sequence[Any], title: str):
 
 
 def method_figure(trials: Sequence[Any], title: str):
-    """Val accuracy of every complete trial per method (a strip plot), the best one marked.
-
-    Trials without a `method` parameter count as the study's base method (`caa`).
-    """
+    """Val accuracy per method over a study's trials (a strip plot): complete trials filled, with
+    the best marked and labelled; pruned ones hollow, at the accuracy of the rounds they ran; the
+    unsteered baseline trial a dashed line. Trials without a `method` count as `caa`."""
     plt = _pyplot()
-    by_method: dict[str, list[float]] = {}
+    points: dict[str, list[tuple[float, bool]]] = {}
+    baseline = None
     for t in trials:
-        by_method.setdefault(str(t.params.get("method", "caa")), []).append(float(t.value))
-    names = sorted(by_method)
+        rounds = [v for v in (t.intermediate_values or {}).values() if v == v]  # (NaN: none)
+        done = t.value is not None
+        value = t.value if done else (rounds[-1] if rounds else None)
+        if t.value is not None and t.user_attrs.get("baseline"):
+            baseline = float(t.value)
+        elif value is not None:
+            points.setdefault(str(t.params.get("method", "caa")), []).append((float(value), done))
+    names = sorted(points)
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(names)), 3.5))
     for i, name in enumerate(names):
-        values = by_method[name]
-        jitter = torch.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else torch.zeros(1)
-        ax.scatter((i + jitter).tolist(), values, alpha=0.6, s=18)
-        ax.plot([i - 0.3, i + 0.3], [max(values)] * 2, color="black", linewidth=2)
-        ax.annotate(f"{max(values):.3f}", (i, max(values)), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(names)), [f"{n}\n({len(by_method[n])})" for n in names])
-    ax.set(ylabel="val accuracy (strict)", title=f"{title}: best val accuracy per method")
+        values = [v for v, _ in points[name]]
+        xs = (i + torch.linspace(-0.15, 0.15, len(values))).tolist() if len(values) > 1 else [i]
+        for x, (v, done) in zip(xs, points[name], strict=True):
+            ax.scatter([x], [v], s=22, color=f"C{i}", facecolors=f"C{i}" if done else "none")
+        best = [v for v, done in points[name] if done]
+        if best:
+            ax.plot([i - 0.3, i + 0.3], [max(best)] * 2, color="black", linewidth=2)
+            ax.annotate(f"{max(best):.3f}", (i, max(best)), ha="center", va="bottom", fontsize=8)
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="unsteered")
+        ax.legend(fontsize="small", loc="lower right")
+    counts = {n: sum(done for _, done in points[n]) for n in names}
+    ax.set_xticks(range(len(names)), [f"{n}\n{counts[n]}/{len(points[n])}" for n in names])
+    ax.set(ylabel="val accuracy (strict)", title=f"{title}: val accuracy per method")
+    ax.set_xlabel("method, complete/all trials (hollow: pruned)")
     fig.tight_layout()
     return fig
