@@ -101,7 +101,8 @@ def log_figures(study, folder: StudyFolder, probe_auc: list[float] | None = None
     writer = SummaryWriter(str(folder.summary))
     try:
         writer.add_figure("search/val_acc_vs_strength", strength_figure(complete, folder.name))
-        by_method = method_figure(complete, folder.name)
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        by_method = method_figure(study.get_trials(deepcopy=False, states=states), folder.name)
         folder.path.mkdir(parents=True, exist_ok=True)
         by_method.savefig(folder.path / METHODS_PNG, dpi=120)  # beside trials.csv
         writer.add_figure("search/val_acc_by_method", by_method)

@@ -101,6 +101,14 @@ def _check_space_values(cli: SearchCLI, run: dict, space: Space, origin: str) ->
         except ArgumentError as err:
             raise SteerlightError(f"{where}: {explain(str(err), cli.parser)}") from None
         group, _, field = name.partition(".")
+        if group == "options":  # a method's own settings, checked by the methods that read them
+            from steerlight.steering.method import get, option_fields
+
+            for method in sorted(option_fields().get(field, ())):
+                try:
+                    get(method).options({field: value})
+                except SteerlightError as err:
+                    raise SteerlightError(f"{where}: {err}") from None
         if field and group in SETTINGS_GROUPS:
             settings = {**(run.get("model", {}).get(group) or {}), field: value}
             try:

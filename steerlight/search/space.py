@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -156,7 +157,7 @@ class Space:
         params = {}
         for name, spec in self.params.items():
             if isinstance(spec, list):
-                params[name] = spec[0]
+                params[name] = _choice(spec[0])
             elif isinstance(spec, Mapping) and "probe_top_k" in spec and probe_auc is not None:
                 params[name] = _top_layers(probe_auc, spec)[0]
         from steerlight.steering.method import get
@@ -217,12 +218,22 @@ def _top_layers(probe_auc: list[float], spec: Mapping[str, int]) -> list[int]:
     return sorted(ranked[: spec["probe_top_k"]])
 
 
+def _choice(value: Any) -> Any:
+    """A choice as Optuna holds it: a list (several layers) as its JSON text, '[1, 2]'."""
+    return json.dumps(value) if isinstance(value, list) else value
+
+
+def _unchoice(value: Any) -> Any:
+    """A model argument from an Optuna choice: '[1, 2]' back to [1, 2]."""
+    return json.loads(value) if isinstance(value, str) and value.startswith("[") else value
+
+
 def _distribution(name: str, spec: Any, probe_auc: list[float] | None):
     """The Optuna distribution one dimension draws from, or None for a fixed value."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if isinstance(spec, list):
-        return CategoricalDistribution(spec)
+        return CategoricalDistribution([_choice(v) for v in spec])
     if isinstance(spec, Mapping) and "probe_top_k" in spec:
         if probe_auc is None:
             raise SteerlightError("layer: probe_top_k needs the probes fitted before the search")
@@ -250,6 +261,6 @@ def _suggest(trial, name: str, spec: Any, probe_auc: list[float] | None) -> Any:
     if dist is None:
         return spec
     if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(name, list(dist.choices))
+        return _unchoice(trial.suggest_categorical(name, list(dist.choices)))
     suggest = trial.suggest_int if isinstance(dist, IntDistribution) else trial.suggest_float
     return suggest(name, dist.low, dist.high, step=dist.step, log=dist.log)

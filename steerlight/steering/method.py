@@ -133,11 +133,12 @@ _REGISTRY: dict[str, SteeringMethod] = {}
 _LOADED = False
 
 
-def register(method: SteeringMethod | type[SteeringMethod]) -> SteeringMethod:
-    """Add a method (an instance or a class, which is instantiated) under its `name`."""
+def register(method: Any) -> Any:
+    """Add a method (an instance, or a class, which is instantiated) under its `name`; returns
+    what it was given, so it decorates a class."""
     instance = method() if isinstance(method, type) else method
     _REGISTRY[instance.name] = instance
-    return instance
+    return method
 
 
 def unregister(name: str) -> None:

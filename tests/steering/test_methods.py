@@ -326,3 +326,22 @@ def test_hparams_columns_name_the_method_and_its_own_settings():
     assert dac["dac.alpha_max"] == 2.0 and not any(k.startswith("options.") for k in dac)
     gated = {"method": "conditional", "alpha": 1.0, "options": {"threshold": 0.3}}
     assert hparams_columns(gated)["options.threshold"] == 0.3
+
+
+def test_the_search_space_draws_several_layers_and_checks_options(tiny_llama_dir, tmp_path):
+    import optuna
+    from conftest import write_search_config
+
+    from steerlight.search.command import parse_argv
+    from steerlight.search.space import Space
+
+    space = Space.from_dict({"method": ["caa"], "layer": [[0, 1], 1]}, "test")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [space.suggest(study.ask(), None)["layer"] for _ in range(12)]
+    assert [0, 1] in drawn and 1 in drawn
+    study.enqueue_trial(space.baseline(None))
+    assert space.suggest(study.ask(), None)["layer"] == [0, 1]
+    bad = {"method": ["pca"], "when": {"pca": {"options.center": ["pca_diff", "middle"]}}}
+    config = write_search_config(tmp_path, tiny_llama_dir, bad)
+    with pytest.raises(SteerlightError, match="options.center='middle': model.options for method"):
+        parse_argv(["--config", str(config)])
