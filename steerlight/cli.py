@@ -393,10 +393,12 @@ def cli_main(
     cli_class: type[SteerlightCLI] = SteerlightCLI,
     parser_kwargs: dict[str, Any] | None = None,
     progress: str | None = "",
+    save_config: bool = True,
 ) -> SteerlightCLI:
     """Build (and with `run`, execute) the CLI; `args` is an argv list or a config dict.
 
-    `progress` prefixes the progress lines of each pass (`None` turns them off).
+    `progress` prefixes the progress lines of each pass (`None` turns them off); `save_config`
+    False writes no config.yaml (with no logger, it would land in the working directory).
     """
     from jsonargparse import set_parsing_settings
 
@@ -414,7 +416,7 @@ def cli_main(
         GSM8KDataModule,
         seed_everything_default=0,
         trainer_defaults={"callbacks": [*callbacks, *extra_callbacks]},
-        save_config_callback=SaveConfigOnStart,
+        save_config_callback=SaveConfigOnStart if save_config else None,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,  # nothing is trained
         # bad input raises (and becomes one line) instead of printing the whole usage text

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class SteerlightError(ValueError):
@@ -24,7 +28,10 @@ def exit_on_error(prog: str, main: Callable[[], object]) -> None:
     if verbose:
         sys.argv.remove("--verbose")
     try:
-        main()
+        with _thread_write_errors() as failed:
+            main()
+        if failed:  # a thread's write failed and the main thread never wrote again
+            raise failed[0]
     except SteerlightError as err:
         if verbose:
             raise
@@ -33,9 +40,62 @@ def exit_on_error(prog: str, main: Callable[[], object]) -> None:
     except OSError as err:  # a full disk, a read-only folder, a file where a folder belongs
         if verbose:
             raise
-        where = f"cannot use {err.filename}: " if err.filename else ""
-        print(f"{prog}: error: {where}{err.strerror or err}", file=sys.stderr)
+        print(f"{prog}: error: {os_error_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError in one line naming its file; a full disk names the folder and what to do."""
+    path = err.filename or _written_path(err)
+    if err.errno == errno.ENOSPC and path:
+        folder, name = os.path.split(os.path.abspath(os.fsdecode(path)))
+        return (
+            f"no space left on the device of {folder} (writing {name}): free some space there, "
+            "or write the run elsewhere (trainer.default_root_dir, the logger's save_dir, --root "
+            "or $STEERLIGHT_HOME)"
+        )
+    return f"cannot use {path}: {err.strerror or err}" if path else str(err.strerror or err)
+
+
+_PATH_LOCALS = ("filename", "filepath", "file_path", "path")
+
+
+def _written_path(err: BaseException) -> str | None:
+    """The file a write error without a `filename` was writing (a write to an open file, as
+    TensorBoard's and Lightning's writers do): the innermost frame of its traceback, also of the
+    thread that raised it first, that holds the path in a local variable."""
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for name in _PATH_LOCALS:
+            value = frame.f_locals.get(name)
+            if isinstance(value, (str, bytes, os.PathLike)) and os.sep in os.fsdecode(value):
+                return os.fsdecode(value)
+    return None
+
+
+@contextmanager
+def _thread_write_errors() -> Iterator[list[OSError]]:
+    """A background thread's OSError (TensorBoard's event writer on a full disk) prints no
+    traceback of its own: the main thread raises the same error at its next write and reports
+    it in one line; the errors are yielded, for one that the main thread never saw."""
+    failed: list[OSError] = []
+    before = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, OSError):
+            failed.append(args.exc_value)
+        else:
+            before(args)
+
+    threading.excepthook = hook
+    try:
+        yield failed
+    finally:
+        threading.excepthook = before

@@ -45,9 +45,23 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
 
 def plain_file_mode() -> int:
     """The mode `open(path, "w")` gives a new file under the current umask."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
     mask = os.umask(0)  # the only portable way to read the umask is to set it
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def share_folder(folder: str | Path) -> None:
+    """Give `folder` and everything in it the modes plain mkdir/open would give under the
+    current umask (mkdtemp makes 0700 folders, some writers 0600 files): a cache shared by a
+    team stays readable (0755/0644 under umask 022, 0775/0664 under 002)."""
+    mask = _umask()
+    folder = Path(folder)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def write_text(path: str | Path, text: str) -> None:

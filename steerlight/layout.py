@@ -9,7 +9,9 @@ The one owner of these names: the search writes a study folder, `--ckpt best` re
     <root>/<study>/best_steered.json     the best trial that steers (when the best does not)
     <root>/<study>/trial_NNNN/           each trial's TensorBoard run and checkpoints
     <root>/<study>/summary/              the study's figures (TensorBoard)
-    <checkpoint folder>/final_results.json, predictions.jsonl, reproducibility.json
+    <checkpoint folder>/verdicts/NNN/     one `test` run's verdict: final_results.json,
+                                         predictions.jsonl, reproducibility.json (001, 002, ...)
+    <checkpoint folder>/verdicts/latest  the newest verdict folder's name
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from steerlight.errors import SteerlightError
 RESULTS = "final_results.json"
 PREDICTIONS = "predictions.jsonl"
 REPRODUCIBILITY = "reproducibility.json"
+VERDICTS = "verdicts"
+LATEST = "latest"
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -165,3 +169,40 @@ def run_config(checkpoint: Path) -> Path | None:
         if config.is_file():
             return config
     return None
+
+
+def new_verdict_dir(folder: Path) -> Path:
+    """A new folder for one `test` run's verdict files under `folder`/verdicts: 001, 002, ...
+    An earlier verdict is never overwritten (evidence), also when two runs end together."""
+    parent = Path(folder) / VERDICTS
+    parent.mkdir(parents=True, exist_ok=True)
+    number = max((int(p.name) for p in parent.iterdir() if p.name.isdigit()), default=0)
+    while True:
+        number += 1
+        try:
+            (parent / f"{number:03d}").mkdir()
+        except FileExistsError:  # another run took this number first
+            continue
+        return parent / f"{number:03d}"
+
+
+def mark_latest(verdict: Path) -> None:
+    """Point `verdicts/latest` at the verdict folder just written."""
+    from steerlight.io import write_text
+
+    write_text(verdict.parent / LATEST, verdict.name + "\n")
+
+
+def latest_verdict(folder: Path) -> Path:
+    """The newest verdict folder under `folder` (a checkpoint's folder or a study's)."""
+    parent = Path(folder) / VERDICTS
+    try:
+        found = parent / (parent / LATEST).read_text().strip()
+    except OSError:
+        found = parent
+    if not (found / RESULTS).is_file():
+        raise SteerlightError(
+            f"{folder} holds no verdict ({VERDICTS}/{LATEST} names none): run "
+            "`python -m steerlight test --ckpt ...` first"
+        )
+    return found

@@ -348,26 +348,25 @@ class SteeredLM(pl.LightningModule):
         self._dac_alphas = []
 
     def _write_results(self, out: Path) -> None:
-        """final_results.json, predictions.jsonl and reproducibility.json; the verdict printed."""
-        from steerlight.eval.report import format_verdict, write_verdict
-        from steerlight.layout import RESULTS
+        """This test's own verdict folder under `out` (`verdict_dir`), the verdict printed."""
+        from steerlight.eval.report import write_verdict
 
-        steering = self.steering_config().summary() if self.steers else {"steers": False}
-        steering = {"method": self.hparams.method, **steering}
+        config = self.steering_config()
+        steering = {"method": config.method, **config.summary()}
         identity = base_model_identity(self.hparams, self.fingerprint)
-        results = write_verdict(
+        self.verdict_dir = write_verdict(
             out,
             self.records,
             steering,
+            config.record(),
             self.hparams,
             identity,
             self.trainer.ckpt_path,
             self.trainer.datamodule,
         )
-        log.info(format_verdict(results, out / RESULTS))
 
     def results_dir(self) -> Path:
-        """Beside the checkpoint that was tested, else in the run's log folder."""
+        """Where verdicts go (verdicts/NNN): beside the checkpoint tested, else the log folder."""
         if self.trainer.ckpt_path:
             return Path(self.trainer.ckpt_path).parent
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)

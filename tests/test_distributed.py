@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import pytest
 
 from steerlight.data.datamodule import GSM8KDataModule
+from steerlight.layout import latest_verdict
 from steerlight.module import SteeredLM
 
 
@@ -63,5 +64,5 @@ def test_ddp_counts_each_question_once(llama, tmp_path):
     assert single["test/questions"] == double["test/questions"] == 7
     for key in ("val/acc_strict", "val/acc_flexible", "test/acc_strict", "test/acc_flexible"):
         assert single[key] == double[key], key
-    lines = (tmp_path / "two" / "predictions.jsonl").read_text().splitlines()
+    lines = (latest_verdict(tmp_path / "two") / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 7, "the verdict gathers every rank's questions, without repeats"

@@ -38,10 +38,8 @@ def load_rows(
 
 
 def _load_folder(folder: Path) -> tuple[dict[str, list[Row]], dict[str, str]]:
-    from datasets import disable_progress_bars, load_dataset
-
-    disable_progress_bars()  # a bar per tiny local file is noise
-
+    """Read without `datasets`: its Arrow cache would land in ~/.cache/huggingface (tens of MB
+    per file, outside $STEERLIGHT_HOME) and its import alone takes seconds."""
     rows, origins = {}, {}
     for split in SPLITS:
         found = [folder / f"{split}{suffix}" for suffix in SUFFIXES]
@@ -57,22 +55,37 @@ def _load_folder(folder: Path) -> tuple[dict[str, list[Row]], dict[str, str]]:
             raise SteerlightError(
                 f"{path}: the {split} split is empty; it needs at least one question"
             )
-        builder = "json" if path.suffix == ".jsonl" else "parquet"
-        try:
-            ds = load_dataset(builder, data_files={split: str(path)}, split=split)
-        except Exception as err:  # datasets hides the line; find it ourselves
-            if builder == "json":
-                _raise_json_error(path)
-            raise SteerlightError(f"{path}: cannot be read as {builder}: {err}") from err
-        rows[split] = _to_rows(ds, path)
+        records = _read_json_lines(path) if path.suffix == ".jsonl" else _read_parquet(path)
+        rows[split] = [{"question": r.get("question"), "answer": r.get("answer")} for r in records]
     return rows, origins
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow's ArrowInvalid / OSError on a file that is not parquet
+        reason = " ".join(str(err).split())[:200]
+        raise SteerlightError(f"{path}: cannot be read as parquet ({reason})") from None
+    _check_columns(table.column_names, path)
+    return table.select(["question", "answer"]).to_pylist()
+
+
+def _check_columns(columns: list[str], origin: object) -> None:
+    for field in ("question", "answer"):
+        if field not in columns:
+            raise SteerlightError(
+                f"{origin}: no {field!r} field (columns: {', '.join(columns) or 'none'})"
+            )
 
 
 def _load_hub(name: str, config_name: str) -> tuple[dict[str, list[Row]], dict[str, str]]:
     from datasets import load_dataset
+    from steerlight.io import steerlight_home
 
-    try:
-        ds = load_dataset(name, config_name)
+    try:  # the download and its Arrow cache under $STEERLIGHT_HOME, not ~/.cache/huggingface
+        ds = load_dataset(name, config_name, cache_dir=str(steerlight_home() / "datasets"))
     except Exception as err:
         raise SteerlightError(
             f"data source {name!r} is neither 'synthetic', a local folder, nor a loadable "
@@ -85,24 +98,19 @@ def _load_hub(name: str, config_name: str) -> tuple[dict[str, list[Row]], dict[s
 
 
 def _to_rows(ds, origin: object) -> list[Row]:
-    for field in ("question", "answer"):
-        if field not in ds.column_names:
-            raise SteerlightError(
-                f"{origin}: no {field!r} field (columns: {', '.join(ds.column_names)})"
-            )
+    _check_columns(ds.column_names, origin)
     return [{"question": q, "answer": a} for q, a in zip(ds["question"], ds["answer"], strict=True)]
-
-
-def _raise_json_error(path: Path) -> None:
-    _read_json_lines(path)
-    raise SteerlightError(f"{path}: datasets could not read it as JSON lines")
 
 
 def _read_json_lines(path: Path) -> list[dict]:
     """Parse JSON lines ourselves, naming the line of the first bad one."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM is no error
+            except UnicodeDecodeError:
+                raise SteerlightError(f"{path} line {lineno}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:

@@ -1,13 +1,16 @@
 """The verdict: steered vs. unsteered on the same test questions, its files and its table.
 
-`test` writes, beside the checkpoint it tested, `final_results.json` (accuracies, paired
-difference with a bootstrap 95% CI, McNemar's exact p, the steering configuration),
-`predictions.jsonl` (one line per question, both models) and `reproducibility.json`.
+Each `test` run writes, into a new folder `verdicts/NNN/` beside the checkpoint it tested
+(`verdicts/latest` names the newest; no verdict is ever overwritten), `final_results.json`
+(accuracies, paired difference with a bootstrap 95% CI, McNemar's exact p, the steering
+configuration), `predictions.jsonl` (one line per question, both models) and
+`reproducibility.json`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -16,7 +19,9 @@ from typing import Any
 
 from steerlight.eval.stats import mcnemar_exact, paired_bootstrap_ci
 from steerlight.io import write_json, write_text
-from steerlight.layout import PREDICTIONS, REPRODUCIBILITY, RESULTS
+from steerlight.layout import PREDICTIONS, REPRODUCIBILITY, RESULTS, mark_latest, new_verdict_dir
+
+log = logging.getLogger(__name__)
 
 MODES = ("strict", "flexible")
 
@@ -63,21 +68,23 @@ def write_verdict(
     out: Path,
     records: Sequence[Mapping[str, Any]],
     steering: Mapping[str, Any],
+    setting: Mapping[str, Any],
     hparams: Mapping[str, Any],
     base_model: Mapping[str, Any],
     checkpoint: str | None,
     datamodule: Any,
-) -> dict[str, Any]:
-    """The test's verdict files for a run: what steered, the statistics, and the bundle that
-    reproduces it (config, seeds, data and weights fingerprints, the search's best trial)."""
+) -> Path:
+    """A test's verdict files in a new folder `out`/verdicts/NNN (returned, and printed with
+    the table): what steered, the statistics, and the bundle that reproduces it (config, seeds,
+    data and weights fingerprints, the search's best trial). `setting` is what the config says
+    (resolved layer, alpha, strength), recorded also where it does not steer."""
     import os
 
     header = {
         "checkpoint": checkpoint,
         "model": hparams["model_name_or_path"],
         "method": hparams["method"],
-        "layer": steering.get("layer"),
-        "alpha": steering.get("alpha"),
+        **setting,
         "steering": dict(steering),
     }
     study = out / "best.json"  # written by the search beside best.ckpt
@@ -90,11 +97,14 @@ def write_verdict(
         "base_model": dict(base_model),
         "study": json.loads(study.read_text()) if study.is_file() else None,
     }
-    write_text(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
+    folder = new_verdict_dir(out)
+    write_text(folder / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in records))
     results = {**header, **verdict(records, seed=hparams["seed"])}
-    write_json(out / RESULTS, results)
-    write_json(out / REPRODUCIBILITY, {**reproducibility, "environment": environment()})
-    return results
+    write_json(folder / REPRODUCIBILITY, {**reproducibility, "environment": environment()})
+    write_json(folder / RESULTS, results)  # last: a folder with it is complete
+    mark_latest(folder)
+    log.info(format_verdict(results, folder / RESULTS))
+    return folder
 
 
 def format_verdict(results: Mapping[str, Any], path: Path | str | None = None) -> str:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from steerlight.errors import SteerlightError
-from steerlight.io import plain_file_mode, steerlight_home
+from steerlight.io import share_folder, steerlight_home
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _convert(file: Path, final: Path, digest: str) -> None:
         tokenizer.save_pretrained(tmp)
         marker = {"format": _FORMAT, "source": str(file), "sha256": digest}
         (tmp / _MARKER).write_text(json.dumps(marker, indent=2))
-        _share(tmp)
+        share_folder(tmp)  # mkdtemp makes 0700: a shared cache stays readable
         try:
             os.replace(tmp, final)  # atomic; fails if another process installed it first
         except OSError:
@@ -134,14 +134,6 @@ def _gguf_error(file: Path, err: Exception) -> SteerlightError:
             f"it reads these architectures: {', '.join(readable)}"
         )
     return SteerlightError(f"cannot load GGUF {file}: {text}")
-
-
-def _share(folder: Path) -> None:
-    """Give the folder and its files the modes plain mkdir/open would (mkdtemp makes 0700)."""
-    file_mode = plain_file_mode()
-    folder.chmod(file_mode | ((file_mode & 0o444) >> 2))  # x wherever r: 0755 under umask 022
-    for path in folder.iterdir():
-        path.chmod(file_mode)
 
 
 def _has_magic(path: Path) -> bool:

@@ -34,7 +34,8 @@ def verdict(
     root: str | Path = "lightning_logs",
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`steerlight test --ckpt ...` from Python: the verdict that final_results.json holds.
+    """`steerlight test --ckpt ...` from Python: the verdict that this run's own
+    final_results.json holds (in a new verdicts/NNN folder; earlier verdicts are kept).
 
     `overrides` are dotted keys as on the command line (``{"data.limit_test": 50}``).
     """
@@ -50,4 +51,4 @@ def verdict(
         argv.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
     with lightning_as_log_records():
         cli = cli_main(args=argv)
-    return json.loads((cli.model.results_dir() / RESULTS).read_text())
+    return json.loads((cli.model.verdict_dir / RESULTS).read_text())

@@ -92,7 +92,8 @@ class Search:
             },
         )
         config["trainer"].pop("callbacks", None)
-        cli = cli_main(args=config, run=False, checkpoint=False)
+        # no logger: its config.yaml would land in the caller's working directory
+        cli = cli_main(args=config, run=False, checkpoint=False, save_config=False)
         cli.trainer.fit(cli.model, cli.datamodule)
         return cli.model.steering["probe_auc"].tolist()
 

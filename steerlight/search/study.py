@@ -199,13 +199,16 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
     from steerlight.model.loading import reuse_loaded_models
 
     folder = StudyFolder(Path(options.root), name)
-    ensure_writable_dir(folder.path, "--root")
     options = dataclasses.replace(options, rounds=fitting_rounds(config, options.rounds, name))
     start = time.monotonic()
     # The progress line replaces Optuna's log; a FAIL trial's error is in it (and in
     # trials.csv), so Optuna's own traceback of it (a warning) is not shown.
     with _optuna_verbosity(optuna.logging.ERROR):
+        if options.storage is None:  # the default storage lives in the study folder
+            ensure_writable_dir(folder.path, "--root")
+        # a --storage of its own is opened first: one that is refused leaves no folder behind
         storage = open_storage(options.storage or folder.storage_url, options.heartbeat_interval)
+        ensure_writable_dir(folder.path, "--root")
         study = make_study(options, name, storage)
         search = Search(config, space, folder, rounds=options.rounds)
         lock = StudyLock(storage, name)

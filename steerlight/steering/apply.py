@@ -50,6 +50,15 @@ class SteeringConfig:
         """Whether generation differs from the unsteered model at all."""
         return steers(self.method, self.alpha, self.dac)
 
+    def record(self) -> dict[str, Any]:
+        """What the configuration says, steering or not (the verdict's header): the resolved
+        layer, alpha and the method's strength (alpha, or DAC's dac.alpha_max)."""
+        layer = self.layer if isinstance(self.layer, int) else list(self.layer)
+        strength = methods.get(self.method).strength_of(
+            {"alpha": self.alpha, "dac": dataclasses.asdict(self.dac)}
+        )
+        return {"layer": layer, "alpha": self.alpha, "strength": strength}
+
     def summary(self) -> dict[str, Any]:
         """What steers, as the verdict records it (only the active method's settings)."""
         if not self.steers:

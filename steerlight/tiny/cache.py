@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from steerlight.io import steerlight_home
+from steerlight.io import share_folder, steerlight_home
 from steerlight.tiny.recipe import BUILD_FORMAT, TinyRecipe
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,7 @@ def _remove_stale_tmp(parent: Path, key: str) -> None:
 def _install(tmp: Path, final: Path, recipe: TinyRecipe, replace_valid: bool = False) -> None:
     """Move the finished build `tmp` to `final` atomically, replacing an invalid copy (or, with
     `replace_valid`, any copy). A valid copy that another process installed first is kept."""
+    share_folder(tmp)  # mkdtemp's 0700 (and 0600 weights) would hide a shared cache
     try:
         os.replace(tmp, final)  # atomic; fails if `final` is a non-empty folder
         return

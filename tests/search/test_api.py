@@ -10,7 +10,7 @@ import yaml
 from conftest import ROOT
 
 import steerlight.search
-from steerlight.layout import StudyFolder
+from steerlight.layout import StudyFolder, latest_verdict
 
 
 def test_search_and_verdict_from_python(tiny_model, tmp_path, monkeypatch, capsys):
@@ -48,16 +48,19 @@ def test_search_and_verdict_from_python(tiny_model, tmp_path, monkeypatch, capsy
         study_name="api", root=root, overrides={"data.limit_test": 12}
     )
     assert results["questions"] == 12
-    assert results == json.loads((folder.path / "final_results.json").read_text())
+    verdict = latest_verdict(folder.path)
+    assert results == json.loads((verdict / "final_results.json").read_text())
     best = study.best_trial
     assert results["steering"]["method"] == "caa"
     assert results["steering"]["steers"] == (best.params["alpha"] != 0.0)
     for mode in ("strict", "flexible"):
         assert 0.0 <= results[mode]["steered_accuracy"] <= 1.0
         assert len(results[mode]["difference_ci95"]) == 2
-    first = (folder.path / "final_results.json").read_bytes()
+    first = (verdict / "final_results.json").read_bytes()
     steerlight.search.verdict(study_name="api", root=root, overrides={"data.limit_test": 12})
-    assert (folder.path / "final_results.json").read_bytes() == first, "byte-identical"
+    again = latest_verdict(folder.path)
+    assert again != verdict and (verdict / "final_results.json").read_bytes() == first, "kept"
+    assert (again / "final_results.json").read_bytes() == first, "byte-identical"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

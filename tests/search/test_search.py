@@ -13,6 +13,7 @@ import yaml
 from conftest import subprocess_env, write_search_config
 
 from steerlight.errors import SteerlightError
+from steerlight.layout import latest_verdict
 from steerlight.search.command import parse_argv, run
 
 
@@ -124,7 +125,7 @@ def test_search_then_test_ckpt_best_from_a_fresh_process(llama, tmp_path, monkey
         env_cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study_dir = tmp_path / "lightning_logs" / "study"
+    study_dir = latest_verdict(tmp_path / "lightning_logs" / "study")
     results = json.loads((study_dir / "final_results.json").read_text())
     bundle = json.loads((study_dir / "reproducibility.json").read_text())
     assert results["questions"] == 4

@@ -21,6 +21,7 @@ from conftest import subprocess_env, write_search_config
 
 from steerlight.checkpoint import check_checkpoint
 from steerlight.cli import cli_main
+from steerlight.layout import latest_verdict
 from steerlight.search.command import run
 from steerlight.search.objective import _finished_twin
 
@@ -136,7 +137,8 @@ def test_two_workers_share_one_postgres_study(postgres_url, llama, tmp_path, mon
         cli_main(["test", "--ckpt", "best", "--study_name", name, "--logs_root", str(root)])
         best = json.loads((root / name / "best.json").read_text())
         assert best["trial"] == max(trials, key=lambda t: (t.value, -t.number)).number
-        assert json.loads((root / name / "final_results.json").read_text())["questions"] == 4
+        results = latest_verdict(root / name) / "final_results.json"
+        assert json.loads(results.read_text())["questions"] == 4
     finally:
         for worker in workers:
             if worker.poll() is None:
