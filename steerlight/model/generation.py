@@ -77,6 +77,10 @@ class Generation:
     texts: list[str]
     """Decoded new tokens (special tokens skipped), each cut at the first stop string."""
 
+    def lengths(self, pad_id: int) -> Tensor:
+        """(B,) generated tokens per row: those that are not the `pad_id` filling ended rows."""
+        return (self.tokens != pad_id).sum(1)
+
 
 def split_rows(
     input_ids: Tensor, attention_mask: Tensor, size: int

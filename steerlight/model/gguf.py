@@ -82,10 +82,13 @@ def gguf_model_folder(file: Path) -> Path:
 
 def _convert(file: Path, final: Path, digest: str) -> None:
     """Load `file` with Transformers' GGUF reader and save model and tokenizer into `final`."""
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as err:  # pragma: no cover - transformers is a dependency
-        raise SteerlightError(f"cannot read GGUF {file}: {err}") from None
+    import sys
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not sys.stderr.isatty():  # a bar redrawn with carriage returns is noise in a log file
+        hf_logging.disable_progress_bar()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:

@@ -162,7 +162,15 @@ class TrainFit:
         if writer:
             self.cache.save(self.state_key, state)
         fitted = (self.state_key.get("direction") or {}).get("method", "CAA")
-        log.info("fitted %s vectors and probes on %d train examples", fitted, len(labels))
+        best = int(state["probe_auc"].argmax())  # the layer `layer: auto` steers
+        log.info(
+            "fitted %s vectors and probes on %d train examples; layer auto: layer %d (its probe "
+            "separates best, AUC %.3f)",
+            fitted,
+            len(labels),
+            best,
+            float(state["probe_auc"][best]),
+        )
         self.state = state
         return state
 
