@@ -108,9 +108,9 @@ def find_best(root: Path, study: str | None) -> tuple[Path, Path]:
 
 
 def unsteered_best(best_ckpt: Path) -> str | None:
-    """Where a study's best trial does not steer: a line that says so and names the best
-    steered trial (from best_steered.json) or what to do instead; None where the best steers
-    (or the study predates the `steers` record)."""
+    """Where a study's best trial does not steer: a line that says so and names its best
+    steered trial (best_steered.json) or that none completed; None where the best steers (or
+    the study predates the `steers` record)."""
     import json
 
     try:
@@ -127,21 +127,31 @@ def unsteered_best(best_ckpt: Path) -> str | None:
     try:
         steered = json.loads(best_ckpt.with_name("best_steered.json").read_text())
     except (OSError, ValueError):
-        return f"{line}, and none completed; run more trials (the same search command resumes it)"
+        return f"{line}, and none completed (pruned below it, or failed)"
     return (
         f"{line}; its best steered trial is {steered['trial']} (val/acc "
         f"{steered['val_acc']:.4f}, {steered['describe']}) at {steered['checkpoint']}"
     )
 
 
+def make_a_steering(best_ckpt: Path) -> str:
+    """What to run where a study has no steered trial to test or export."""
+    return (
+        "run more trials (the search command again with --n-trials 20 resumes the study), or "
+        "fit one steering to compare and export (alpha 1 is not tuned; val scores it): "
+        f"python -m steerlight fit --config {best_ckpt.with_name('best.yaml')} --model.alpha 1, "
+        "then --ckpt last"
+    )
+
+
 def refuse_unsteered_best(best_ckpt: Path) -> None:
     """`test --ckpt best` where the best trial does not steer: one line, before any work."""
     unsteered = unsteered_best(best_ckpt)
-    if unsteered:
-        raise SteerlightError(
-            f"--ckpt best: {unsteered}; test a steered checkpoint with --ckpt PATH, or run "
-            "more trials (the same search command with --n-trials 20 resumes the study)"
-        )
+    if not unsteered:
+        return
+    steered = best_steered_checkpoint(best_ckpt)
+    then = f"test it anyway with --ckpt {steered}" if steered else make_a_steering(best_ckpt)
+    raise SteerlightError(f"--ckpt best: {unsteered}; {then}")
 
 
 def best_steered_checkpoint(best_ckpt: Path) -> Path | None:

@@ -110,14 +110,16 @@ def export(
 
 def _steering_best(best: Path) -> Path:
     """`--ckpt best`, or the study's best steered trial where its best trial does not steer."""
-    from steerlight.layout import best_steered_checkpoint, unsteered_best
+    from steerlight.layout import best_steered_checkpoint, make_a_steering, unsteered_best
 
     unsteered = unsteered_best(best)
     if unsteered is None:
         return best
     steered = best_steered_checkpoint(best)
     if steered is None:
-        raise SteerlightError(f"--ckpt best: there is no steering to export: {unsteered}")
+        raise SteerlightError(
+            f"--ckpt best: nothing to export: {unsteered}; {make_a_steering(best)}"
+        )
     log.warning("--ckpt best: %s; exporting that trial's steering", unsteered)
     return steered
 

@@ -22,6 +22,7 @@ from steerlight.layout import (
     StudyFolder,
     best_steered_checkpoint,
     check_study_name,
+    make_a_steering,
     unsteered_best,
 )
 from steerlight.search.artefacts import log_figures, write_artefacts
@@ -367,11 +368,11 @@ def _print_summary(study, folder: StudyFolder, seconds: float) -> None:
         return
     log.info(f"[{name}] {unsteered}")
     steered = best_steered_checkpoint(folder.best_ckpt)
-    anyway = (
-        f"; or test the best steered trial anyway (`export --ckpt best` exports it): "
-        f"python -m steerlight test --ckpt {steered}"
-    )
+    if steered is None:
+        log.info(f"[{name}] next: {make_a_steering(folder.best_ckpt)}")
+        return
     log.info(
-        f"[{name}] next: more trials (this command again with --n-trials 20 resumes the "
-        f"study){anyway if steered else ''}"
+        f"[{name}] next: python -m steerlight test --ckpt {steered} tests it anyway (`export "
+        "--ckpt best` exports it); more trials (this command again with --n-trials 20) resume "
+        "the study"
     )
