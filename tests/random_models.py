@@ -51,6 +51,14 @@ _LLAMA_LIKE: dict[str, Any] = {
     "max_position_embeddings": MAX_POS,
     "initializer_range": INIT,
 }
+_BERT_LIKE: dict[str, Any] = {
+    "hidden_size": HIDDEN,
+    "intermediate_size": FFN,
+    "num_attention_heads": HEADS,
+    "max_position_embeddings": MAX_POS,
+    "initializer_range": INIT,
+    "is_decoder": True,
+}
 ARCHS: dict[str, tuple[str, dict[str, Any], str]] = {
     # name: (config class, kwargs, name of the layer-count kwarg)
     "llama": ("LlamaConfig", {**_LLAMA_LIKE, "tie_word_embeddings": False}, "num_hidden_layers"),
@@ -269,19 +277,10 @@ ARCHS: dict[str, tuple[str, dict[str, Any], str]] = {
         },
         "num_hidden_layers",
     ),
-    # ---- an encoder stack run as a decoder -----------------------------------------------------
-    "bert": (
-        "BertConfig",
-        {
-            "hidden_size": HIDDEN,
-            "intermediate_size": FFN,
-            "num_attention_heads": HEADS,
-            "max_position_embeddings": MAX_POS,
-            "initializer_range": INIT,
-            "is_decoder": True,
-        },
-        "num_hidden_layers",
-    ),
+    # ---- encoder stacks run as decoders: post-LN (BERT), pre-LN with a final LayerNorm ---------
+    "bert": ("BertConfig", _BERT_LIKE, "num_hidden_layers"),
+    "megatron-bert": ("MegatronBertConfig", _BERT_LIKE, "num_hidden_layers"),
+    "xlm-roberta-xl": ("XLMRobertaXLConfig", _BERT_LIKE, "num_hidden_layers"),
 }
 """Every architecture `build_tiny_model` can build."""
 

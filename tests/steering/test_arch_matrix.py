@@ -41,7 +41,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "hybrid linear attention": ("lfm2", "lfm3", "falcon_h1", "qwen3_next", "minimax"),
     "pure SSM": ("mamba", "falcon_mamba"),
     "no KV cache": ("openai-gpt", "recurrent_gemma"),
-    "BERT as decoder": ("bert",),
+    "BERT as decoder": ("bert", "megatron-bert", "xlm-roberta-xl"),
 }
 """The kinds of architecture the matrix covers (each architecture in exactly one)."""
 
