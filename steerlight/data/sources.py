@@ -82,6 +82,7 @@ def _check_columns(columns: list[str], origin: object) -> None:
 
 def _load_hub(name: str, config_name: str) -> tuple[dict[str, list[Row]], dict[str, str]]:
     from datasets import load_dataset
+
     from steerlight.io import steerlight_home
 
     try:  # the download and its Arrow cache under $STEERLIGHT_HOME, not ~/.cache/huggingface
