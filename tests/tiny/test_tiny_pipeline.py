@@ -14,6 +14,7 @@ import yaml
 from conftest import ROOT, subprocess_env
 
 from steerlight.data.datamodule import GSM8KDataModule
+from steerlight.layout import find_last, latest_verdict
 from steerlight.module import SteeredLM
 from steerlight.search.command import run
 from steerlight.tiny import default_test_rows, evaluate
@@ -143,22 +144,59 @@ def test_readme_flow_fit_search_test(tiny_model, tmp_path):
     assert list((tmp_path / "lightning_logs" / "debug").glob("version_0/checkpoints/*.ckpt"))
     search = steerlight("steerlight.search", "--config", str(path), "--n-trials", "4", cwd=tmp_path)
     lines = search.stdout.strip().splitlines()
-    assert lines[-1] == "[debug] next: python -m steerlight test --ckpt best --study-name debug"
-    assert "(unsteered baseline, trial 0:" in lines[-2], lines[-3:]
+    assert "(unsteered baseline, trial 0:" in next(x for x in lines if "] best: trial " in x)
     study_dir = tmp_path / "lightning_logs" / "debug"
     best = json.loads((study_dir / "best.json").read_text())
-    test = steerlight("steerlight", "test", "--ckpt", "best", cwd=tmp_path)
+    ckpt = "best"
+    if not best["steers"]:  # the flow the README shows when nothing beat the baseline on val
+        ckpt = unsteered_best_flow(lines, tmp_path)
+    test = steerlight("steerlight", "test", "--ckpt", ckpt, cwd=tmp_path)
     out = test.stdout
     assert "| match    | baseline | steered | difference [95% CI]" in out and "McNemar p" in out
     for mode in ("strict", "flexible"):
         row = next(line for line in out.splitlines() if line.startswith(f"| {mode} "))
         assert row.rstrip().endswith("| 40 |") and "[" in row, row  # n, and the CI
-    assert f"results: {Path('lightning_logs') / 'debug' / 'final_results.json'}" in out
+    last = find_last(tmp_path / "lightning_logs")  # what `--ckpt last` names
+    tested = study_dir if ckpt == "best" else (last if ckpt == "last" else Path(ckpt)).parent
+    verdict = latest_verdict(tested)
+    results_line = next(x for x in out.splitlines() if x.startswith("results: "))
+    assert (tmp_path / results_line[len("results: ") :]) == verdict / "final_results.json"
     assert "steering: method=" in out
     assert "Test metric" not in out, "the verdict replaces Lightning's metrics table"
 
-    results = json.loads((study_dir / "final_results.json").read_text())
+    results = json.loads((verdict / "final_results.json").read_text())
     assert results["questions"] == 40
-    bundle = json.loads((study_dir / "reproducibility.json").read_text())
-    assert bundle["study"]["trial"] == best["trial"]
-    assert len((study_dir / "predictions.jsonl").read_text().splitlines()) == 40
+    if ckpt == "best":
+        bundle = json.loads((verdict / "reproducibility.json").read_text())
+        assert bundle["study"]["trial"] == best["trial"]
+    assert len((verdict / "predictions.jsonl").read_text().splitlines()) == 40
+
+    # The flow ends on a steering every export target takes: gguf too (layer >= 1).
+    export = steerlight(
+        "steerlight", "export", "--ckpt", ckpt, "--format", "gguf", "--out", "cv.gguf", cwd=tmp_path
+    )
+    layer = int(export.stdout.split("decoder layer ")[1].split()[0])
+    assert layer >= 1 and (tmp_path / "cv.gguf").is_file(), export.stdout
+
+
+def unsteered_best_flow(lines: list[str], cwd: Path) -> str:
+    """The search said its best does not steer: `test --ckpt best` refuses in one line, and the
+    summary's next command gives a steered checkpoint; returns it for `test --ckpt`."""
+    assert "does not steer: no steered trial beat the unsteered baseline on val" in lines[-2]
+    refused = subprocess.run(
+        [sys.executable, "-m", "steerlight", "test", "--ckpt", "best"],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refused.returncode == 2 and refused.stdout == "", refused.stdout[-2000:]
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("steerlight") and "--ckpt best: study 'debug''s best trial" in line
+    assert not (cwd / "lightning_logs" / "debug" / "verdicts").exists()  # nothing was tested
+    if " tests it anyway " in lines[-1]:  # the best steered trial, named with its checkpoint
+        return lines[-1].split("python -m steerlight test --ckpt ")[1].split()[0]
+    fit = lines[-1].split("python -m steerlight fit ")[1].split(", then --ckpt last")[0]
+    steerlight("steerlight", "fit", *fit.split(), cwd=cwd)  # one steering, scored on val
+    return "last"
