@@ -50,7 +50,8 @@ def resolve_model_name(name_or_path: str) -> str:
 
 
 def tiny_model_path(recipe: TinyRecipe | None = None, force: bool = False) -> Path:
-    """The cached folder of the tiny model for `recipe`, built (minutes, once) if missing.
+    """The cached folder of the tiny model for `recipe`: the shipped copy installed (the
+    default recipe), or built (minutes, once) if missing.
 
     Args:
         recipe: the recipe (default `TinyRecipe()`, the embedded default).
@@ -62,12 +63,13 @@ def tiny_model_path(recipe: TinyRecipe | None = None, force: bool = False) -> Pa
     if not force and _is_complete(final, recipe):
         return final
     parent.mkdir(parents=True, exist_ok=True)
+    # A copy installed atomically: it never waits for the lock of a builder (e.g. `--force`).
+    if not force and _install_shipped(final, recipe):
+        return final
     with _build_lock(parent / f".{recipe.key()}.lock"):
         if not force and _is_complete(final, recipe):  # another process built it meanwhile
             return final
         _remove_stale_tmp(parent, recipe.key())
-        if not force and _install_shipped(final, recipe):
-            return final
         log.warning(
             "building the embedded tiny model (recipe %s) into %s: this trains a %s-layer Llama "
             "on synthetic GSM8K for %d steps, once (minutes on a CPU; progress and ETA follow)",

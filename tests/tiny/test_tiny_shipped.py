@@ -50,6 +50,24 @@ def test_an_empty_home_gets_the_shipped_copy_without_training(tmp_path, monkeypa
     assert compare_with_shipped(path, TinyRecipe()).startswith("the same weights as the shipped")
 
 
+def test_the_shipped_copy_does_not_wait_for_a_builders_lock(tmp_path, monkeypatch):
+    import fcntl
+    import threading
+
+    monkeypatch.setenv("STEERLIGHT_HOME", str(tmp_path))
+    monkeypatch.setattr(train, "build_tiny_model", lambda *a: pytest.fail("trained"))
+    lock = tmp_path / "tiny" / f".{TinyRecipe().key()}.lock"
+    lock.parent.mkdir()
+    found = []
+    with open(lock, "a+") as held:  # e.g. `python -m steerlight.tiny --force` training
+        fcntl.flock(held, fcntl.LOCK_EX)
+        worker = threading.Thread(target=lambda: found.append(tiny_model_path()), daemon=True)
+        worker.start()
+        worker.join(timeout=30)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert found == [tmp_path / "tiny" / TinyRecipe().key()], "waited for the build's lock"
+
+
 def test_a_damaged_shipped_copy_is_not_installed(tmp_path, monkeypatch, caplog):
     damaged = tmp_path / "shipped"
     shutil.copytree(SHIPPED, damaged)
