@@ -196,6 +196,8 @@ def build_tiny_model(recipe: TinyRecipe, out_dir: str | Path) -> dict[str, Any]:
                 trainer.fit(module, train_dataloaders=loader)
             finally:
                 torch.set_num_threads(threads)
+    if trainer.global_step < recipe.steps:  # stopped (a signal): never install a partial model
+        raise RuntimeError(f"tiny model build stopped at step {trainer.global_step}/{recipe.steps}")
     final_loss = float(trainer.callback_metrics.get("loss", float("nan")))
 
     model.eval().to(torch.bfloat16)  # half the file; every steerlight config loads it as float32

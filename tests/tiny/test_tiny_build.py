@@ -103,6 +103,23 @@ def test_two_builds_of_a_recipe_are_the_same_bytes(built, tmp_path, monkeypatch)
     assert marker["weights_sha256"] == cache.weights_sha256(path)
 
 
+def test_a_stopped_build_installs_nothing(tmp_path, monkeypatch):
+    import lightning.pytorch as pl
+
+    class StopAtFirstStep(pl.Callback):  # as Lightning does on SIGTERM: stop, do not raise
+        def __init__(self, *args) -> None:
+            pass
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            trainer.should_stop = True
+
+    monkeypatch.setenv("STEERLIGHT_HOME", str(tmp_path))
+    monkeypatch.setattr(train, "StepProgress", StopAtFirstStep)
+    with pytest.raises(RuntimeError, match="stopped at step 1/3"):
+        tiny_model_path(dataclasses.replace(MICRO, seed=4))
+    assert [p.name for p in (tmp_path / "tiny").iterdir() if not p.name.endswith(".lock")] == []
+
+
 def test_second_call_reuses_the_cache(built, monkeypatch):
     home, path = built
     monkeypatch.setenv("STEERLIGHT_HOME", str(home))
