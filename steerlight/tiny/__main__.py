@@ -1,4 +1,4 @@
-"""``python -m steerlight.tiny``: build (once) and cache the tiny model, print its folder."""
+"""``python -m steerlight.tiny``: install (or build) and cache the tiny model, print its folder."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ def build_parser() -> ArgumentParser:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(
         prog="python -m steerlight.tiny",
-        description="Build (once) and cache the embedded tiny GSM8K model, then print its folder. "
-        "Every --recipe.* flag changes the cache key; the defaults are the embedded default.",
+        description="Install the embedded tiny GSM8K model in the cache (the copy steerlight "
+        "ships; other recipes are built once), then print its folder. Every --recipe.* flag "
+        "changes the cache key; the defaults are the shipped model's recipe.",
         default_env=False,
     )
     parser.add_argument(
