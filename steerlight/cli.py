@@ -380,7 +380,7 @@ COMMANDS = {
     "once (--ckpt best).",
     "search": "Optuna over method, layer and strength, scored on val (its own --help).",
     "export": "Write a checkpoint's steering as an lm-eval, steering-vectors or GGUF file.",
-    "tiny": "Build the embedded offline model (fit builds it on first use).",
+    "tiny": "Install the embedded offline model that steerlight ships (--force trains it).",
 }
 """Every `python -m steerlight` command and its one line in `--help`."""
 
