@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tiny-path",
         default=None,
         help="a folder with a trained model and tokenizer (default: the embedded `tiny`, "
-        "built on first use; --quick: a tiny random model)",
+        "installed on first use; --quick: a tiny random model)",
     )
     g.add_argument(
         "--tiny-source",

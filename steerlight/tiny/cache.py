@@ -43,7 +43,7 @@ _STALE_TMP_S = 24 * 3600
 
 
 def resolve_model_name(name_or_path: str) -> str:
-    """`tiny` -> the embedded model's cached folder (built on first use); other names unchanged."""
+    """`tiny` -> the embedded model's cached folder (installed on first use); other names as is."""
     if name_or_path == MODEL_NAME:
         return str(tiny_model_path())
     return name_or_path
