@@ -21,7 +21,8 @@ from conftest import subprocess_env, write_search_config
 
 from steerlight.checkpoint import check_checkpoint
 from steerlight.cli import cli_main
-from steerlight.layout import latest_verdict
+from steerlight.errors import SteerlightError
+from steerlight.layout import best_steered_checkpoint, latest_verdict
 from steerlight.search.command import run
 from steerlight.search.objective import _finished_twin
 
@@ -134,10 +135,16 @@ def test_two_workers_share_one_postgres_study(postgres_url, llama, tmp_path, mon
 
         # `test --ckpt best` from what the workers left: the study's folder (here, one shared
         # --root) and the database.
-        cli_main(["test", "--ckpt", "best", "--study_name", name, "--logs_root", str(root)])
         best = json.loads((root / name / "best.json").read_text())
         assert best["trial"] == max(trials, key=lambda t: (t.value, -t.number)).number
-        results = latest_verdict(root / name) / "final_results.json"
+        argv = ["test", "--study_name", name, "--logs_root", str(root), "--ckpt"]
+        ckpt = root / name / "best.ckpt"
+        if not best["steers"]:  # the baseline won on val: refused, the best steered trial instead
+            with pytest.raises(SteerlightError, match="does not steer"):
+                cli_main([*argv, "best"])
+            ckpt = best_steered_checkpoint(ckpt)
+        cli_main([*argv, "best" if best["steers"] else str(ckpt)])
+        results = latest_verdict(ckpt.parent) / "final_results.json"
         assert json.loads(results.read_text())["questions"] == 4
     finally:
         for worker in workers:
