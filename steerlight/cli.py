@@ -140,10 +140,10 @@ class SteerlightCLI(LightningCLI):
                 )
             root = Path(_flag(argv, "--root") or _flag(argv, "--logs_root") or "lightning_logs")
             ckpt, config = resolve_checkpoint(spec, _flag(argv, "--study_name"), root)
-            if spec == "best" and sub == "test":  # not minutes on the baseline against itself
-                layout.refuse_unsteered_best(ckpt)
             if config:
                 read_config(config)  # a damaged best.yaml / config.yaml, named in one line
+            if spec == "best" and sub == "test":  # not minutes on the baseline against itself
+                layout.refuse_unsteered_best(ckpt)
             # the run's saved config first, so every flag given (also a logger's init_args,
             # which need the saved class_path) applies on top of it
             at = argv.index(sub) + 1
