@@ -19,7 +19,7 @@ from steerlight.data.prompts import PresetName, get_preset
 from steerlight.errors import SteerlightError
 from steerlight.eval import figures
 from steerlight.eval.metrics import Accuracy
-from steerlight.eval.report import paired_record
+from steerlight.eval.report import paired_records
 from steerlight.io import steerlight_home
 from steerlight.model.generation import Generation, GenerationSettings
 from steerlight.model.layers import check_fits, resolve_layer
@@ -298,10 +298,9 @@ class SteeredLM(pl.LightningModule):
         baseline = self.generate_batch(batch, steered=False) if self.steers else steered
         self._score(batch, steered, "test")
         self._score(batch, baseline, "test_baseline")
-        for i, ex_id in enumerate(batch["ids"]):
-            texts = {"baseline": baseline.texts[i], "steered": steered.texts[i]}
-            q, gold = batch["questions"][i], batch["golds"][i]
-            self.records.append(paired_record(ex_id, q, gold, texts, self.preset.answer_form))
+        pad, cap = self.tokenizer.pad_token_id, self.metrics["test"].cap
+        models = {"baseline": baseline, "steered": steered}
+        self.records += paired_records(batch, models, self.preset.answer_form, pad, cap)
 
     def _score(self, batch: dict[str, Any], gen: Generation, stage: str) -> None:
         form, texts, pad = self.preset.answer_form, gen.texts, self.tokenizer.pad_token_id

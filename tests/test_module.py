@@ -244,6 +244,12 @@ def test_cli_fit_validate_test(llama, tmp_path, caplog):
     columns = hparams_experiment(Path(test.trainer.log_dir))
     assert {"test/acc", "test/acc_flexible"} <= columns["metrics"], columns
     assert len(test.model.samples["test"]) == 6
+    # every predictions row counts its generated tokens against the cap, per model
+    records, cap = test.model.records, test.model.metrics["test"].cap
+    for r in records:
+        for name in ("baseline", "steered"):
+            assert 0 <= r[f"{name}_tokens"] <= cap
+            assert r[f"{name}_at_cap"] == (r[f"{name}_tokens"] >= cap)
     # A flag beats the checkpoint's saved argument; the other saved arguments still apply.
     flagged = cli_main(
         ["test", "--config", str(config), "--ckpt_path", ckpt, "--model.alpha", "0.5"]

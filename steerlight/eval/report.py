@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from steerlight.eval.stats import mcnemar_exact, paired_bootstrap_ci
+from steerlight.eval.stats import mcnemar_exact, min_detectable_difference, paired_bootstrap_ci
 from steerlight.io import write_json, write_text
 from steerlight.layout import PREDICTIONS, REPRODUCIBILITY, RESULTS, mark_latest, new_verdict_dir
 
@@ -35,6 +35,7 @@ def verdict(records: Sequence[Mapping[str, Any]], seed: int = 0) -> dict[str, An
         diff, low, high = paired_bootstrap_ci(base, steer, seed=seed)
         only_base, only_steer, p = mcnemar_exact(base, steer)
         out[mode] = {
+            "min_detectable_difference": min_detectable_difference(base, steer),
             "baseline_accuracy": sum(base) / len(base),
             "steered_accuracy": sum(steer) / len(steer),
             "difference": diff,
@@ -45,23 +46,73 @@ def verdict(records: Sequence[Mapping[str, Any]], seed: int = 0) -> dict[str, An
             "only_baseline_correct": only_base,
             "only_steered_correct": only_steer,
         }
+    if all("baseline_tokens" in r for r in records):
+        out["answers"] = _answer_lengths(records)
+    return out
+
+
+def _answer_lengths(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What steering can move where accuracy cannot: generated tokens per answer and the
+    answers that ran to the token cap, per model, with McNemar's p for the change in capped
+    answers (paired, like the accuracies)."""
+    out: dict[str, Any] = {}
+    for name in ("baseline", "steered"):
+        tokens = sum(r[f"{name}_tokens"] for r in records) / len(records)
+        capped = sum(bool(r[f"{name}_at_cap"]) for r in records) / len(records)
+        out[name] = {"tokens_per_answer": tokens, "at_token_cap": capped}
+    capped = [[bool(r[f"{name}_at_cap"]) for r in records] for name in ("baseline", "steered")]
+    out["at_token_cap_mcnemar_p"] = mcnemar_exact(*capped)[2]
     return out
 
 
 def paired_record(
-    ex_id: str, question: str, gold: str, completions: Mapping[str, str], form: str
+    ex_id: str,
+    question: str,
+    gold: str,
+    completions: Mapping[str, str],
+    form: str,
+    tokens: Mapping[str, int] | None = None,
+    cap: int | None = None,
 ) -> dict[str, Any]:
-    """One question's outcome for each model (`baseline`, `steered`): the predictions.jsonl row."""
+    """One question's outcome for each model (`baseline`, `steered`): the predictions.jsonl row.
+    `tokens`: each model's generated tokens, and whether that reached the token `cap`."""
     from steerlight.answers import extract, is_correct
 
     record = {"id": ex_id, "question": question, "gold": gold}
     for name, text in completions.items():
         record[f"{name}_completion"] = text
+        if tokens is not None:
+            record[f"{name}_tokens"] = int(tokens[name])
+            record[f"{name}_at_cap"] = cap is not None and int(tokens[name]) >= cap
         for mode in MODES:
             pred = extract(text, mode, form)
             record[f"{name}_extracted_{mode}"] = pred
             record[f"{name}_correct_{mode}"] = is_correct(pred, gold)
     return record
+
+
+def paired_records(
+    batch: Mapping[str, Any],
+    generations: Mapping[str, Any],
+    form: str,
+    pad_id: int,
+    cap: int | None,
+) -> list[dict[str, Any]]:
+    """The predictions.jsonl rows of one test batch: each question's `paired_record` from each
+    model's `Generation` (its text and its generated tokens, against the token `cap`)."""
+    lengths = {name: gen.lengths(pad_id).tolist() for name, gen in generations.items()}
+    return [
+        paired_record(
+            ex_id,
+            batch["questions"][i],
+            batch["golds"][i],
+            {name: gen.texts[i] for name, gen in generations.items()},
+            form,
+            {name: n[i] for name, n in lengths.items()},
+            cap,
+        )
+        for i, ex_id in enumerate(batch["ids"])
+    ]
 
 
 def write_verdict(
@@ -109,7 +160,7 @@ def write_verdict(
 
 def format_verdict(results: Mapping[str, Any], path: Path | str | None = None) -> str:
     """The verdict as a table in the style of lm-evaluation-harness, then the configuration."""
-    rows = [("match", "baseline", "steered", "difference [95% CI]", "McNemar p", "n")]
+    rows = [("match", "baseline", "steered", "difference [95% CI]", "McNemar p", "n", "MDE")]
     for mode in MODES:
         r = results[mode]
         low, high = r["difference_ci95"]
@@ -121,6 +172,7 @@ def format_verdict(results: Mapping[str, Any], path: Path | str | None = None) -
                 f"{r['difference']:+.4f} [{low:+.4f}, {high:+.4f}]",
                 f"{r['mcnemar_p']:.4g}",
                 str(results["questions"]),
+                f"{r.get('min_detectable_difference', float('nan')):.4f}",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -129,6 +181,15 @@ def format_verdict(results: Mapping[str, Any], path: Path | str | None = None) -
         for row in rows
     ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    if "answers" in results:
+        a = results["answers"]
+        lines.append(
+            f"tokens per answer: baseline {a['baseline']['tokens_per_answer']:.1f}, steered "
+            f"{a['steered']['tokens_per_answer']:.1f}; at the token cap: baseline "
+            f"{a['baseline']['at_token_cap']:.1%}, steered {a['steered']['at_token_cap']:.1%} "
+            f"(McNemar p {a['at_token_cap_mcnemar_p']:.4g})"
+        )
+    lines.append("MDE: the smallest difference n paired questions detect (5% two-sided, 80% power)")
     steering = results.get("steering", {})
     params = ", ".join(f"{k}={_short(v)}" for k, v in steering.items())
     lines.append(f"steering: {params}" if params else "steering: none")

@@ -36,3 +36,17 @@ def mcnemar_exact(baseline: Sequence[bool], steered: Sequence[bool]) -> tuple[in
         return b, c, 1.0
     tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
     return b, c, min(1.0, 2 * tail)
+
+
+def min_detectable_difference(
+    baseline: Sequence[bool], steered: Sequence[bool], z_alpha: float = 1.96, z_power: float = 0.84
+) -> float:
+    """The smallest accuracy difference these n paired questions could detect (two-sided 5%,
+    80% power by default): ``(z_alpha + z_power) * sqrt(d / n)`` with ``d`` the observed
+    fraction of discordant questions (McNemar's normal approximation), and never below ``6 / n``:
+    McNemar's exact test needs at least 6 discordant questions, all one way, for p < 0.05."""
+    n = len(baseline)
+    if n == 0 or n != len(steered):
+        raise ValueError("paired outcomes need two equally long, non-empty sequences")
+    discordant = sum(1 for x, y in zip(baseline, steered, strict=True) if x != y) / n
+    return max((z_alpha + z_power) * math.sqrt(discordant / n), 6 / n)

@@ -52,3 +52,50 @@ def test_verdict_counts():
     assert out["flexible"]["difference"] == pytest.approx(-0.25)
     with pytest.raises(ValueError, match="non-empty"):
         paired_bootstrap_ci([], [])
+
+
+def test_min_detectable_difference_by_hand():
+    from steerlight.eval.stats import min_detectable_difference
+
+    # 400 questions, 100 discordant: 2.8 * sqrt(0.25 / 400) = 0.07.
+    baseline = [True] * 50 + [False] * 50 + [True] * 300
+    steered = [False] * 50 + [True] * 50 + [True] * 300
+    assert min_detectable_difference(baseline, steered) == pytest.approx(0.07)
+    # No discordance at all (a model at 0% both ways): McNemar's exact test still needs 6
+    # discordant questions, so 6 / n is the floor, never 0.
+    assert min_detectable_difference([False] * 500, [False] * 500) == pytest.approx(6 / 500)
+    with pytest.raises(ValueError, match="non-empty"):
+        min_detectable_difference([], [])
+
+
+def test_verdict_reports_answer_lengths_and_capped_answers():
+    from steerlight.eval.report import format_verdict, paired_record
+
+    golds = ["3", "4", "5", "6"]
+    texts = {"baseline": ["#### 3", "#### 1 #### 1", "x", "x"], "steered": ["#### 3"] * 4}
+    lengths = [(2, 2), (10, 2), (10, 2), (10, 3)]  # (baseline, steered) tokens; cap 10
+    records = [
+        paired_record(
+            str(i),
+            "q",
+            gold,
+            {k: v[i] for k, v in texts.items()},
+            "hash",
+            tokens={"baseline": b, "steered": s},
+            cap=10,
+        )
+        for i, (gold, (b, s)) in enumerate(zip(golds, lengths, strict=True))
+    ]
+    assert records[1]["baseline_at_cap"] and not records[1]["steered_at_cap"]
+    out = verdict(records)
+    a = out["answers"]
+    assert a["baseline"] == {"tokens_per_answer": 8.0, "at_token_cap": 0.75}
+    assert a["steered"] == {"tokens_per_answer": 2.25, "at_token_cap": 0.0}
+    assert a["at_token_cap_mcnemar_p"] == pytest.approx(2 / 8)  # 3 discordant, all one way
+    table = format_verdict(out)
+    assert "tokens per answer: baseline 8.0, steered 2.2" in table and "MDE" in table
+    assert "at the token cap: baseline 75.0%, steered 0.0%" in table
+    # records without token counts (older callers) give no `answers` block
+    assert "answers" not in verdict(
+        [{k: v for k, v in r.items() if "tok" not in k and "cap" not in k} for r in records]
+    )
