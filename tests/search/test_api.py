@@ -6,11 +6,13 @@ import json
 import logging
 
 import optuna
+import pytest
 import yaml
 from conftest import ROOT
 
 import steerlight.search
-from steerlight.layout import StudyFolder, latest_verdict
+from steerlight.errors import SteerlightError
+from steerlight.layout import StudyFolder, best_steered_checkpoint, latest_verdict
 
 
 def test_search_and_verdict_from_python(tiny_model, tmp_path, monkeypatch, capsys):
@@ -32,6 +34,7 @@ def test_search_and_verdict_from_python(tiny_model, tmp_path, monkeypatch, capsy
         rounds=2,
         study_name="api",
         root=str(root),
+        pruner="none",  # steered trials complete: one is there to test if the baseline wins
     )
 
     assert isinstance(study, optuna.Study) and study.study_name == "api"
@@ -44,21 +47,25 @@ def test_search_and_verdict_from_python(tiny_model, tmp_path, monkeypatch, capsy
     assert yaml.safe_load(folder.best_yaml.read_text())["model"]["layer"] == 2
     assert capsys.readouterr().out == "", "the API prints nothing; it logs"
 
-    results = steerlight.search.verdict(
-        study_name="api", root=root, overrides={"data.limit_test": 12}
-    )
+    sizes = {"data.limit_test": 12}
+    ckpt, tested = "best", folder.path
+    if study.best_trial.params["alpha"] == 0.0:  # the baseline won on val: best is refused
+        with pytest.raises(SteerlightError, match="does not steer"):
+            steerlight.search.verdict(study_name="api", root=root, overrides=sizes)
+        steered = best_steered_checkpoint(folder.best_ckpt)
+        ckpt, tested = str(steered), steered.parent
+    results = steerlight.search.verdict(ckpt, study_name="api", root=root, overrides=sizes)
     assert results["questions"] == 12
-    verdict = latest_verdict(folder.path)
+    verdict = latest_verdict(tested)
     assert results == json.loads((verdict / "final_results.json").read_text())
-    best = study.best_trial
     assert results["steering"]["method"] == "caa"
-    assert results["steering"]["steers"] == (best.params["alpha"] != 0.0)
+    assert results["steering"]["steers"] is True
     for mode in ("strict", "flexible"):
         assert 0.0 <= results[mode]["steered_accuracy"] <= 1.0
         assert len(results[mode]["difference_ci95"]) == 2
     first = (verdict / "final_results.json").read_bytes()
-    steerlight.search.verdict(study_name="api", root=root, overrides={"data.limit_test": 12})
-    again = latest_verdict(folder.path)
+    steerlight.search.verdict(ckpt, study_name="api", root=root, overrides=sizes)
+    again = latest_verdict(tested)
     assert again != verdict and (verdict / "final_results.json").read_bytes() == first, "kept"
     assert (again / "final_results.json").read_bytes() == first, "byte-identical"
     optuna.logging.set_verbosity(optuna.logging.WARNING)

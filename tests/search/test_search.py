@@ -13,7 +13,7 @@ import yaml
 from conftest import subprocess_env, write_search_config
 
 from steerlight.errors import SteerlightError
-from steerlight.layout import latest_verdict
+from steerlight.layout import best_steered_checkpoint, latest_verdict
 from steerlight.search.command import parse_argv, run
 
 
@@ -110,26 +110,35 @@ def test_search_then_test_ckpt_best_from_a_fresh_process(llama, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     space = {"layer": [0], "alpha": {"low": -2.0, "high": 2.0}}
     config = write_search_config(tmp_path, llama, space)
-    search(tmp_path, config, "--n-trials", "3")
-    env_cmd = [
-        sys.executable,
-        "-m",
-        "steerlight",
-        "test",
-        "--ckpt",
-        "best",
-        "--logs_root",
-        str(tmp_path / "lightning_logs"),
-    ]
-    proc = subprocess.run(
-        env_cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
-    )
+    search(tmp_path, config, "--n-trials", "3", "--pruner", "none")  # steered trials complete
+    logs = tmp_path / "lightning_logs"
+    env_cmd = [sys.executable, "-m", "steerlight", "test", "--logs_root", str(logs), "--ckpt"]
+
+    def test(ckpt: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*env_cmd, ckpt],
+            cwd=tmp_path,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    best = json.loads((logs / "study" / "best.json").read_text())
+    ckpt, tested = "best", logs / "study"
+    if not best["steers"]:  # the baseline won on val (a random model scores 0 throughout)
+        refused = test("best")
+        assert refused.returncode == 2 and "does not steer" in refused.stderr, refused.stderr
+        steered = best_steered_checkpoint(logs / "study" / "best.ckpt")
+        ckpt, tested = str(steered), steered.parent
+    proc = test(ckpt)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study_dir = latest_verdict(tmp_path / "lightning_logs" / "study")
+    study_dir = latest_verdict(tested)
     results = json.loads((study_dir / "final_results.json").read_text())
     bundle = json.loads((study_dir / "reproducibility.json").read_text())
-    assert results["questions"] == 4
-    assert bundle["study"]["study"] == "study" and "trial" in bundle["study"]
+    assert results["questions"] == 4 and results["steering"]["steers"] is True
+    if ckpt == "best":
+        assert bundle["study"]["study"] == "study" and "trial" in bundle["study"]
     assert bundle["base_model"]["weights_fingerprint"]
     assert bundle["environment"]["torch"]
     lines = (study_dir / "predictions.jsonl").read_text().splitlines()
