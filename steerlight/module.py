@@ -180,7 +180,9 @@ class SteeredLM(pl.LightningModule):
 
     def steering_config(self) -> SteeringConfig:
         hp = self.hparams
-        args = (hp.method, self.layer, hp.alpha, hp.positions, hp.normalization, self.dac)
+        unfitted = hp.layer == "auto" and "probe_auc" not in self.steering and not self.steers
+        layer = None if unfitted else self.layer  # an unsteered test needs no probes
+        args = (hp.method, layer, hp.alpha, hp.positions, hp.normalization, self.dac)
         return SteeringConfig(*args, self.options)
 
     def steering_vector(self, name: str = "vectors") -> Tensor:

@@ -190,7 +190,7 @@ def test_layer_out_of_range(workspace, monkeypatch, capsys):
 
 def test_unknown_method(workspace, monkeypatch, capsys):
     argv = fit(workspace, "--model.method", "cca")
-    expect = ["model.method", "cca", "'caa'", "'dac'"]
+    expect = ["model.method", "cca", "caa", "dac"]
     assert_refused(workspace, "steerlight", argv, expect, monkeypatch, capsys)
 
 

@@ -52,8 +52,9 @@ class SteeringConfig:
 
     def record(self) -> dict[str, Any]:
         """What the configuration says, steering or not (the verdict's header): the resolved
-        layer, alpha and the method's strength (alpha, or DAC's dac.alpha_max)."""
-        layer = self.layer if isinstance(self.layer, int) else list(self.layer)
+        layer, alpha and the method's strength (alpha, or DAC's dac.alpha_max); layer None
+        where an unsteered run never resolved `auto`."""
+        layer = self.layer if isinstance(self.layer, (int, type(None))) else list(self.layer)
         strength = methods.get(self.method).strength_of(
             {"alpha": self.alpha, "dac": dataclasses.asdict(self.dac)}
         )
