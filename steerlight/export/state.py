@@ -125,7 +125,7 @@ def read_state(checkpoint: Mapping[str, Any], path: Path, target: str) -> Export
             f"checkpoint {path}: {steerer.refusal()}, which {target} cannot hold; "
             f"export a checkpoint of {exporting}"
         )
-    strength = steerer.strength_of({"dac": {"alpha_max": 2.0}, **hp})
+    strength = steerer.strength_of(hp)
     if strength == 0:
         raise SteerlightError(
             f"checkpoint {path} does not steer ({steerer.strength}: 0): the exported vector "

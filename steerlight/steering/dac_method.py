@@ -81,6 +81,11 @@ class DAC(SteeringMethod):
         )
         return table[-1].float(), [note]
 
+    def strength_of(self, hparams: Mapping[str, Any]) -> float:
+        """`dac.alpha_max`, with `DACSettings`' defaults for what the arguments leave out."""
+        dac = hparams.get("dac") or {}
+        return float((DACSettings(**dac) if isinstance(dac, Mapping) else dac).alpha_max)
+
     def export_notes(self, target: str, strength: float) -> list[str]:
         return [
             f"method 'dac' sets the strength per token in [0, alpha_max]; {target} adds a fixed "

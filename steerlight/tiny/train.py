@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
+from steerlight.errors import SteerlightError
 from steerlight.progress import StepProgress
 from steerlight.tiny.data import (
     SOLUTION,
@@ -197,7 +198,9 @@ def build_tiny_model(recipe: TinyRecipe, out_dir: str | Path) -> dict[str, Any]:
             finally:
                 torch.set_num_threads(threads)
     if trainer.global_step < recipe.steps:  # stopped (a signal): never install a partial model
-        raise RuntimeError(f"tiny model build stopped at step {trainer.global_step}/{recipe.steps}")
+        raise SteerlightError(
+            f"tiny model build stopped at step {trainer.global_step}/{recipe.steps}"
+        )
     final_loss = float(trainer.callback_metrics.get("loss", float("nan")))
 
     model.eval().to(torch.bfloat16)  # half the file; every steerlight config loads it as float32

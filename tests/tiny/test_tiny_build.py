@@ -19,6 +19,7 @@ import steerlight.tiny.__main__ as tiny_cli
 from steerlight.data.prompts import get_preset
 from steerlight.data.splits import holdout_indices, normalize_question
 from steerlight.data.synthetic import synthetic_splits
+from steerlight.errors import SteerlightError
 from steerlight.model.loading import load_model
 from steerlight.tiny import TinyRecipe, cache, data, resolve_model_name, tiny_model_path, train
 
@@ -115,7 +116,7 @@ def test_a_stopped_build_installs_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setenv("STEERLIGHT_HOME", str(tmp_path))
     monkeypatch.setattr(train, "StepProgress", StopAtFirstStep)
-    with pytest.raises(RuntimeError, match="stopped at step 1/3"):
+    with pytest.raises(SteerlightError, match="stopped at step 1/3"):
         tiny_model_path(dataclasses.replace(MICRO, seed=4))
     assert [p.name for p in (tmp_path / "tiny").iterdir() if not p.name.endswith(".lock")] == []
 
