@@ -150,12 +150,9 @@ class SteeredLM(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        from steerlight.tiny import resolve_model_name
-
-        hp = self.hparams
-        path = resolve_model_name(hp.model_name_or_path)
-        self.model = load_model(path, hp.revision, hp.dtype, hp.trust_remote_code)
-        self.tokenizer = load_tokenizer(path, hp.revision, hp.trust_remote_code)
+        hp = self.hparams  # a name (`tiny`, an alias) resolves where the model loads
+        self.model = load_model(hp.model_name_or_path, hp.revision, hp.dtype, hp.trust_remote_code)
+        self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.revision, hp.trust_remote_code)
         self.fingerprint = weights_fingerprint(self.model)
         check_fits(self.model, hp.model_name_or_path, hp.layer, self.settings.max_new_tokens)
 

@@ -7,18 +7,27 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "steerlight"
 
-# Lower layers never import higher ones: data -> activations -> method -> hooks -> generation
-# -> metric -> report, with the CLI, the search and the embedded model on top.
-FORBIDDEN = {
-    "steerlight.model": ("steering", "eval", "search", "tiny", "module", "cli", "data"),
-    "steerlight.data": ("steering", "eval", "search", "module", "cli"),
-    "steerlight.steering": ("eval", "search", "tiny", "module", "cli"),
-    "steerlight.eval": ("search", "tiny", "module", "cli"),
-    "steerlight.tiny": ("steering", "eval", "search", "module", "cli"),
-    "steerlight.layout": ("data", "model", "steering", "eval", "search", "tiny", "module", "cli"),
-}
+# The layers, lowest first: a module imports its own layer and the ones below it, never one
+# above (data -> activations -> method -> hooks -> generation -> metric -> report, with the
+# Lightning module, the CLI, the search and export on top). `steerlight/__init__.py` is the
+# composition root: it wires the embedded model (`tiny`) into the model layer's names.
+LAYERS = (
+    ("errors", "io", "console", "answers", "layout", "checkpoint", "progress"),  # shared basics
+    ("model",),  # loading, names, layers, stops, generation: knows no steering
+    ("data",),
+    ("steering",),
+    ("eval",),
+    ("tiny",),  # the embedded model: built with data and model
+    ("module",),
+    ("cli",),
+    ("search", "export"),
+    ("__main__", ""),  # "": the package's own __init__
+)
 DATA_TABLES = {"steerlight/data/synthetic.py"}  # templates of word problems, not logic
-MAX_MODULE_LINES = 430
+MAX_MODULE_LINES = 430  # 400 once cli.py and module.py are cut (this change)
+OVER_LIMIT_FOR_NOW = {"steerlight/steering/hooks.py"}
+"""Modules being split by a change in flight (issue 28: column tracking out of hooks.py);
+remove a name once its module is under MAX_MODULE_LINES."""
 MAX_STEEREDLM_LINES = 330
 
 
@@ -71,18 +80,36 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-def test_lower_layers_never_import_higher_ones():
-    wrong = []
-    for module, targets in graph().items():
-        for layer, banned in FORBIDDEN.items():
-            if module == layer or module.startswith(layer + "."):
-                wrong += [
-                    f"{module} imports {t}"
-                    for t in targets
-                    for b in banned
-                    if t == f"steerlight.{b}" or t.startswith(f"steerlight.{b}.")
-                ]
-    assert not wrong, wrong
+def layer_of(module: str) -> int:
+    """The index in LAYERS of `module` (`steerlight.steering.hooks` is in `steering`)."""
+    top = module.split(".")[1] if "." in module else ""
+    (index,) = [i for i, names in enumerate(LAYERS) if top in names] or [None]
+    assert index is not None, f"{module} belongs to no layer: add `{top}` to LAYERS"
+    return index
+
+
+def test_every_module_has_a_layer():
+    for module in MODULES:
+        layer_of(module)
+
+
+def test_no_upward_imports():
+    upward = [
+        f"{module} imports {target}"
+        for module, targets in graph().items()
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(module)
+    ]
+    assert not upward, upward
+
+
+def test_tiny_resolves_in_the_model_layer():
+    """The package registers `tiny` with the model layer, which never imports `steerlight.tiny`."""
+    from steerlight.model.aliases import EMBEDDED
+
+    assert "tiny" in EMBEDDED
+    assert layer_of("steerlight.tiny.cache") > layer_of("steerlight.model.loading")
+    assert layer_of("steerlight.tiny.cache") > layer_of("steerlight.data.datamodule")
 
 
 def test_modules_stay_small_enough_to_read():
@@ -90,7 +117,7 @@ def test_modules_stay_small_enough_to_read():
     for path in PACKAGE.rglob("*.py"):
         rel = str(path.relative_to(PACKAGE.parent))
         n = len(path.read_text().splitlines())
-        if rel not in DATA_TABLES and n > MAX_MODULE_LINES:
+        if rel not in DATA_TABLES | OVER_LIMIT_FOR_NOW and n > MAX_MODULE_LINES:
             long[rel] = n
     assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
     tree = ast.parse((PACKAGE / "module.py").read_text())

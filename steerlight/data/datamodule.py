@@ -167,10 +167,8 @@ class GSM8KDataModule(pl.LightningDataModule):
     def _load_tokenizer(self):
         if self.tokenizer is None:
             raise SteerlightError("data.tokenizer is not set: pass a tokenizer name or path")
-        if isinstance(self.tokenizer, str):
-            from steerlight.tiny import resolve_model_name
-
-            self.tokenizer = load_tokenizer(resolve_model_name(self.tokenizer))
+        if isinstance(self.tokenizer, str):  # a name (`tiny`, an alias) resolves where it loads
+            self.tokenizer = load_tokenizer(self.tokenizer)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

