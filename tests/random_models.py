@@ -356,3 +356,22 @@ def ending_id(tokens: torch.Tensor) -> int:
         return set(torch.where(hit.any(1), hit.int().argmax(1) + 1, tokens.shape[1]).tolist())
 
     return max(tokens.unique().tolist(), key=lambda x: len(lengths(x)))
+
+
+class EarlyStop:
+    """A tokenizer with one more EOS id (a frequent token), so rows stop at different steps."""
+
+    def __init__(self, tokenizer: Any, eos: int) -> None:
+        self._tok, self.eos_token_id, self.pad_token_id = tokenizer, eos, tokenizer.pad_token_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+
+def early_stop_tokenizer(model: Any, tokenizer: Any, ids: torch.Tensor, mask: torch.Tensor):
+    """`tokenizer` with an EOS id that ends the rows of (ids, mask) at different steps
+    (`ending_id` of a free run of 12 tokens)."""
+    from steerlight.model.generation import GenerationSettings, generate
+
+    free = generate(model, tokenizer, ids, mask, GenerationSettings(max_new_tokens=12)).tokens
+    return EarlyStop(tokenizer, ending_id(free))

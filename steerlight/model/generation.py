@@ -58,6 +58,10 @@ class GenerationSettings:
     """Nucleus mass when sampling; 1.0 keeps the whole distribution (ignored for greedy)."""
     seed: int = 0
     """Seed of the sampling RNG; the global torch RNG is left untouched."""
+    prefix_reuse: bool = True
+    """Run the token prefix every prompt of a batch shares (few-shot exemplars, a system turn)
+    once and start each row from a copy of its cache: the same tokens, a fraction of the
+    prefill (`steerlight.model.prefix`; full-attention models, greedy row-refill decoding)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

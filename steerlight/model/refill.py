@@ -21,7 +21,7 @@ per-row steering strengths (their rows would move) use it on every row at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,7 @@ from steerlight.model.generation import (
     pad_token_id,
     stop_token_ids,
 )
+from steerlight.model.prefix import PrefixCache, common_prefix
 
 JOINABLE = (
     "DynamicLayer",
@@ -104,6 +105,13 @@ def _left_pad(rows: Sequence[Tensor], width: int, pad_id: int) -> tuple[Tensor, 
     return ids, mask
 
 
+class _Prefix(NamedTuple):
+    """A call's shared prompt prefix: its cache and its length in tokens."""
+
+    cache: PrefixCache
+    shared: int
+
+
 class _Active:
     """The rows in flight: their question index, ids, mask, prompt widths and new tokens."""
 
@@ -157,6 +165,7 @@ def refill_generate(
     done: dict[int, list[int]] = {}
     stopped = StopMatcher(tokenizer, stop_strings)
     active, cache = _Active(input_ids), None
+    prefix = _Prefix(PrefixCache(), common_prefix(prompts)) if settings.prefix_reuse else None
     # Rows join in groups (a prefill per group, not per finished row), or when nothing runs.
     group = max(1, slots // 4)
     while queue or active.index:
@@ -167,7 +176,9 @@ def refill_generate(
         if active.index:
             logits, cache = _step(forward, steering, active, cache)
         if joining:
-            new_logits, cache = _join(forward, steering, active, cache, prompts, joining, pad_id)
+            new_logits, cache = _join(
+                forward, steering, active, cache, prompts, joining, pad_id, prefix
+            )
             if cache is None:  # not joinable: the whole batch the plain way
                 args = (input_ids, attention_mask, settings, stop_strings, slots, steering)
                 return _fallback(model, tokenizer, *args, on_finish)
@@ -215,21 +226,28 @@ def _join(
     prompts: list[Tensor],
     joining: list[int],
     pad_id: int,
+    prefix: _Prefix | None = None,
 ) -> tuple[Tensor | None, Any]:
-    """Prefill the `joining` prompts (padded to the longest of them) and add them to the active
-    rows, whose running width they fit (longest prompts come first).
+    """Prefill the `joining` prompts (padded to the longest of them; on the shared `prefix`'s
+    cache where there is one) and add them to the active rows, whose running width they fit
+    (longest prompts come first).
 
     Returns their next-token logits and the joined cache (None: the cache cannot join rows).
     """
-    width = max(len(prompts[i]) for i in joining)
+    rows = [prompts[i] for i in joining]
+    width = max(len(row) for row in rows)
     running = active.ids.shape[1] if active.index else width
     if width > running:
         raise AssertionError("prompts are taken longest first, so they fit the running width")
-    ids, mask = _left_pad([prompts[i] for i in joining], width, pad_id)
     # In `generate` the row's prompt ends at its batch's width; here at `width` in its own
     # prefill and at `running` once joined: the steered columns follow each row's prompt end.
     _set_widths(steering, torch.full((len(joining),), width, dtype=torch.long))
-    logits, new_cache = forward(ids, mask, None, width)
+    reused = prefix and prefix.cache.prefill(forward, rows, prefix.shared, pad_id)
+    if reused:
+        ids, mask, logits, new_cache = reused
+    else:
+        ids, mask = _left_pad(rows, width, pad_id)
+        logits, new_cache = forward(ids, mask, None, width)
     if not joinable(new_cache):
         return None, None
     if not active.index:  # nothing in flight: the new rows' cache is the cache
@@ -237,7 +255,8 @@ def _join(
         active.ids, active.mask = ids[:0], mask[:0]
     else:
         join_cache_rows(cache, new_cache)
-    ids, mask = _left_pad([prompts[i] for i in joining], running, pad_id)
+    ids = torch.nn.functional.pad(ids, (running - width, 0), value=pad_id)
+    mask = torch.nn.functional.pad(mask, (running - width, 0), value=0)
     widths = torch.full((len(joining),), running, dtype=torch.long)
     active.index += joining
     active.ids = torch.cat([active.ids, ids])
@@ -287,7 +306,7 @@ def _trim_pads(active: _Active, cache: Any, steering: Any) -> None:
     exact; it keeps decoding as narrow as padded batching. Skipped for sliding-window layers,
     whose kept columns follow the window, not the width.
     """
-    pads = int((active.mask.shape[1] - active.mask.sum(1)).min())
+    pads = int(active.mask.any(0).int().argmax())  # (pads in the middle, after a prefix, stay)
     if pads < MIN_TRIM or any("Sliding" in type(layer).__name__ for layer in cache.layers):
         return  # a copy of the cache is worth it only for a few columns at once
     for layer in cache.layers:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from random_models import ending_id
+from random_models import early_stop_tokenizer
 
 from steerlight.model import refill
 from steerlight.model.generation import GenerationSettings, cat_generations, generate, split_rows
@@ -28,23 +28,6 @@ def _batch(tokenizer):
     return enc.input_ids, enc.attention_mask
 
 
-class _EarlyStop:
-    """The tokenizer with one more EOS id (a frequent token), so rows stop at different steps."""
-
-    def __init__(self, tokenizer, eos: int) -> None:
-        self._tok, self.eos_token_id, self.pad_token_id = tokenizer, eos, tokenizer.pad_token_id
-
-    def __getattr__(self, name):
-        return getattr(self._tok, name)
-
-
-def _early_stop_tokenizer(model, tokenizer, ids, mask):
-    """The tokenizer with an EOS id that ends rows at different steps (`ending_id` of a free
-    run)."""
-    free = generate(model, tokenizer, ids, mask, GenerationSettings(max_new_tokens=12)).tokens
-    return _EarlyStop(tokenizer, ending_id(free))
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 @pytest.mark.parametrize("min_trim", [refill.MIN_TRIM, 1])
@@ -61,7 +44,7 @@ def test_refill_gives_padded_batchings_tokens(
     v = torch.randn(hidden, generator=torch.Generator().manual_seed(0))
     v = v / v.norm()  # strong enough to change tokens, weak enough to keep rows apart
     with steer(model, 0, v, alpha, prompt_len=ids.shape[1]):
-        tok = _early_stop_tokenizer(model, tiny_random_tokenizer, ids, mask)
+        tok = early_stop_tokenizer(model, tiny_random_tokenizer, ids, mask)
         want = generate(model, tok, ids, mask, settings)
     with steer(model, 0, v, alpha, prompt_len=ids.shape[1]) as steering:
         got = refill_generate(model, tok, ids, mask, settings, slots=2, steering=steering)
@@ -183,7 +166,7 @@ def test_steered_generate_is_unchanged_by_refill(
     v = torch.randn(hidden, generator=torch.Generator().manual_seed(1))
     v = v / v.norm()
     with steer(model, 0, v, 1.0, positions, prompt_len=ids.shape[1]):
-        tok = _early_stop_tokenizer(model, tiny_random_tokenizer, ids, mask)
+        tok = early_stop_tokenizer(model, tiny_random_tokenizer, ids, mask)
         want = generate(model, tok, ids, mask, settings)
     config = apply.SteeringConfig("caa", 0, 1.0, positions, "none", DACSettings())
     got = apply.steered_generate(model, tok, ids, mask, config, v, settings, ())
