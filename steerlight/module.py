@@ -19,7 +19,7 @@ from steerlight.data.prompts import PresetName, get_preset
 from steerlight.errors import SteerlightError
 from steerlight.eval import figures
 from steerlight.eval.metrics import Accuracy
-from steerlight.eval.report import paired_records
+from steerlight.eval.report import paired_records, verdict_root, write_verdict
 from steerlight.io import steerlight_home
 from steerlight.model.generation import Generation, GenerationSettings
 from steerlight.model.layers import check_fits, resolve_layer
@@ -137,7 +137,7 @@ class SteeredLM(pl.LightningModule):
         self._fit: TrainFit | None = None
         self.samples: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
         self.records: list[dict[str, Any]] = []  # per-question test outcomes, both models
-        self.generation_memo: dict | None = None  # unsteered generations, shared by a search
+        self.val_baseline = False  # also score the unsteered model on val (a search's memo)
         self.generated_tokens = 0
         self.on_rows_done: Callable[[int], None] | None = None  # set by a progress callback
         self.log_probe_figure = True  # a search turns it off for its trials
@@ -227,36 +227,30 @@ class SteeredLM(pl.LightningModule):
             self.trainer.is_global_zero,
             extra=partial(icl_vectors, *icl) if self._fit.state_key["icl"] else None,
         )
-        self.steering = state
-        for i, value in enumerate(state["probe_auc"].tolist()):
+        self.steering, auc = state, state["probe_auc"].tolist()
+        for i, value in enumerate(auc):
             self.log(f"probe_auc/layer_{i:02d}", value)
         writer = _tensorboard(self)
         if writer is not None and self.log_probe_figure:  # a search draws it once per study
-            writer.add_figure(
-                "probes/auc_per_layer", figures.auc_figure(state["probe_auc"].tolist())
-            )
+            writer.add_figure("probes/auc_per_layer", figures.auc_figure(auc))
 
     # -- generation ---------------------------------------------------------------------------
 
     def generate_batch(self, batch: dict[str, Any], steered: bool = True):
-        """Generate completions for a batch, steered as configured (or not at all)."""
+        """Generate completions for a batch, steered as configured (or not at all); a search
+        makes the unsteered ones once per study (`steerlight.search.memo`)."""
         args = (self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"])
         slots, on_finish = batch.get("slots"), self.on_rows_done  # (a val/test step: many)
+        stop = self.preset.stop
         if steered and self.steers:
-            config, stop = self.steering_config(), self.preset.stop
+            config = self.steering_config()
             gen = steered_generate(
                 *args, config, None, self.settings, stop, None, slots, on_finish, self.steering
             )
             if isinstance(gen, DACGeneration):
                 self._dac_alphas.append(gen.alphas)
         else:
-            # Unsteered generations do not depend on the trial: a search makes them once.
-            key = (self.fingerprint, tuple(batch["ids"]), self.hparams.preset, str(self.settings))
-            memo = self.generation_memo if self.generation_memo is not None else {}
-            if key in memo:
-                return memo[key]
-            stop = self.preset.stop
-            gen = memo[key] = refill_generate(*args, self.settings, stop, slots, None, on_finish)
+            gen = refill_generate(*args, self.settings, stop, slots, None, on_finish)
         self.generated_tokens += int((gen.tokens != self.tokenizer.pad_token_id).sum())
         return gen
 
@@ -287,7 +281,7 @@ class SteeredLM(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         gen = self.generate_batch(batch)
         self._score(batch, gen, "val")
-        if not self.steers or self.generation_memo is not None:  # free: same, or a search's memo
+        if not self.steers or self.val_baseline:  # free: the same, or a search's memo
             base = self.generate_batch(batch, steered=False) if self.steers else gen
             self._score(batch, base, "val_baseline")
 
@@ -317,9 +311,11 @@ class SteeredLM(pl.LightningModule):
         for mode, value in self.metrics["test_baseline"].compute().items():
             self.log(f"test/baseline_acc_{mode}", value)
         self.records = [r for part in _all_ranks(self.trainer, self.records) for r in part]
-        out = self.results_dir()  # on every rank: trainer.log_dir is a collective under DDP
+        out = verdict_root(self.trainer)  # on every rank: trainer.log_dir is a DDP collective
         if self.trainer.is_global_zero:
-            self._write_results(out)
+            identity = base_model_identity(self.hparams, self.fingerprint)
+            args = (self.records, self.steering_config(), self.hparams, identity, self.trainer)
+            self.verdict_dir = write_verdict(out, *args)
 
     def _epoch_end(self, stage: str) -> None:
         values = self.metrics[stage].compute()
@@ -342,30 +338,6 @@ class SteeredLM(pl.LightningModule):
             )
             figures.log_hparams(writer, figures.hparams_columns(_recorded(self)))
         self._dac_alphas = []
-
-    def _write_results(self, out: Path) -> None:
-        """This test's own verdict folder under `out` (`verdict_dir`), the verdict printed."""
-        from steerlight.eval.report import write_verdict
-
-        config = self.steering_config()
-        steering = {"method": config.method, **config.summary()}
-        identity = base_model_identity(self.hparams, self.fingerprint)
-        self.verdict_dir = write_verdict(
-            out,
-            self.records,
-            steering,
-            config.record(),
-            self.hparams,
-            identity,
-            self.trainer.ckpt_path,
-            self.trainer.datamodule,
-        )
-
-    def results_dir(self) -> Path:
-        """Where verdicts go (verdicts/NNN): beside the checkpoint tested, else the log folder."""
-        if self.trainer.ckpt_path:
-            return Path(self.trainer.ckpt_path).parent
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     # -- checkpoints: steering state and model identity, never the base weights ---------------
 

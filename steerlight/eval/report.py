@@ -15,11 +15,14 @@ import platform
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steerlight.eval.stats import mcnemar_exact, min_detectable_difference, paired_bootstrap_ci
 from steerlight.io import write_json, write_text
 from steerlight.layout import PREDICTIONS, REPRODUCIBILITY, RESULTS, mark_latest, new_verdict_dir
+
+if TYPE_CHECKING:
+    from steerlight.steering.apply import SteeringConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,22 +118,31 @@ def paired_records(
     ]
 
 
+def verdict_root(trainer: Any) -> Path:
+    """Where a test's verdicts go (verdicts/NNN): beside the checkpoint tested, else the log
+    folder (`trainer.log_dir` is a collective under DDP: every rank asks)."""
+    if trainer.ckpt_path:
+        return Path(trainer.ckpt_path).parent
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
 def write_verdict(
     out: Path,
     records: Sequence[Mapping[str, Any]],
-    steering: Mapping[str, Any],
-    setting: Mapping[str, Any],
+    config: SteeringConfig,
     hparams: Mapping[str, Any],
     base_model: Mapping[str, Any],
-    checkpoint: str | None,
-    datamodule: Any,
+    trainer: Any,
 ) -> Path:
     """A test's verdict files in a new folder `out`/verdicts/NNN (returned, and printed with
-    the table): what steered, the statistics, and the bundle that reproduces it (config, seeds,
-    data and weights fingerprints, the search's best trial). `setting` is what the config says
-    (resolved layer, alpha, strength), recorded also where it does not steer."""
+    the table): what steered (`config`: the method's summary, and what the config says -
+    resolved layer, alpha, strength - also where it does not steer), the statistics, and the
+    bundle that reproduces it (config, seeds, data and weights fingerprints, the search's best
+    trial) from the `trainer` that tested: its checkpoint and data module."""
     import os
 
+    steering = {"method": config.method, **config.summary()}
+    setting, checkpoint, datamodule = config.record(), trainer.ckpt_path, trainer.datamodule
     header = {
         "checkpoint": checkpoint,
         "model": hparams["model_name_or_path"],

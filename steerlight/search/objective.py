@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerlight.layout import StudyFolder
+from steerlight.search.memo import UnsteeredMemo
 from steerlight.search.space import Space, nest
 from steerlight.search.workers import TrialGate, fail_stale_trials, worker_id
 
@@ -42,7 +43,7 @@ class Search:
     folder: StudyFolder
     rounds: int = 4
     probe_auc: list[float] | None = None
-    memo: dict = field(default_factory=dict)
+    memo: UnsteeredMemo = field(default_factory=UnsteeredMemo)
     gate: TrialGate | None = None
     worker: str = field(default_factory=worker_id)
 
@@ -120,7 +121,7 @@ class Search:
                 extra_callbacks=[pruning],
                 progress=f"[{self.folder.name}] trial {trial.number} ",
             )
-            cli.model.generation_memo = self.memo
+            self.memo.attach(cli.model)  # unsteered generations: once per study
             cli.model.log_probe_figure = False  # once per study, in <study>/summary
             try:
                 cli.trainer.fit(cli.model, cli.datamodule)
