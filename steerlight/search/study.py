@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,13 +29,7 @@ from steerlight.layout import (
 from steerlight.search.artefacts import log_figures, write_artefacts
 from steerlight.search.objective import Search
 from steerlight.search.space import Space
-from steerlight.search.workers import (
-    StudyLock,
-    TrialGate,
-    fail_orphaned_trials,
-    open_storage,
-    register_worker,
-)
+from steerlight.search.workers import StudyWorker, open_storage
 
 log = logging.getLogger("steerlight.search")
 
@@ -193,6 +188,38 @@ def _optuna_verbosity(level: int) -> Iterator[None]:
         optuna.logging.set_verbosity(before)
 
 
+def prepare_study(search: Search, options: SearchOptions) -> tuple[Any, StudyWorker]:
+    """Create study `search.folder.name`, or load it (another worker's, an earlier run's), and
+    join it as a worker: its probes, its settings checked, this worker registered with its
+    sampler seed, the unsteered baseline enqueued once. `study.optimize` runs on it next; the
+    worker (whose lock the budget gate holds) is the caller's to close."""
+    folder, space = search.folder, search.space
+    if options.storage is None:  # the default storage lives in the study folder
+        ensure_writable_dir(folder.path, "--root")
+    # a --storage of its own is opened first: one that is refused leaves no folder behind
+    storage = open_storage(options.storage or folder.storage_url, options.heartbeat_interval)
+    ensure_writable_dir(folder.path, "--root")
+    study = make_study(options, folder.name, storage)
+    worker = StudyWorker(storage, folder.name)
+    try:
+        with _artefacts_on_interrupt(study, folder):
+            if space.needs_probes:
+                search.probe_auc = search.fit_probes()
+            space.check_study(study, search.probe_auc)
+            settings = comparable_settings(search.config, options)
+            index, seed = worker.join(
+                study, options.seed, partial(check_comparable, settings=settings)
+            )
+            study.sampler = make_sampler(options, seed)
+            worker.enqueue_once(study, space.baseline(search.probe_auc), {"baseline": True})
+            log.info(f"[{folder.name}] worker {search.worker} (#{index}, sampler seed {seed})")
+            search.gate = worker.open_gate(options.max_trials)
+    except BaseException:
+        worker.close()
+        raise
+    return study, worker
+
+
 def run_search(config: dict, space: Space, options: SearchOptions, name: str):
     """This worker's part of study `name`: trials until its budget, then the artefacts."""
     import optuna
@@ -201,45 +228,21 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
 
     folder = StudyFolder(Path(options.root), name)
     options = dataclasses.replace(options, rounds=fitting_rounds(config, options.rounds, name))
+    search = Search(config, space, folder, rounds=options.rounds)
     start = time.monotonic()
     # The progress line replaces Optuna's log; a FAIL trial's error is in it (and in
     # trials.csv), so Optuna's own traceback of it (a warning) is not shown.
     with _optuna_verbosity(optuna.logging.ERROR):
-        if options.storage is None:  # the default storage lives in the study folder
-            ensure_writable_dir(folder.path, "--root")
-        # a --storage of its own is opened first: one that is refused leaves no folder behind
-        storage = open_storage(options.storage or folder.storage_url, options.heartbeat_interval)
-        ensure_writable_dir(folder.path, "--root")
-        study = make_study(options, name, storage)
-        search = Search(config, space, folder, rounds=options.rounds)
-        lock = StudyLock(storage, name)
-        try:
-            with reuse_loaded_models():
-                if space.needs_probes:
-                    search.probe_auc = search.fit_probes()
-                space.check_study(study, search.probe_auc)
-                with lock:
-                    check_comparable(study, comparable_settings(config, options))
-                    for number in fail_orphaned_trials(study):
-                        log.info(f"[{name}] trial {number}: its worker is gone, marked FAIL")
-                index, seed = register_worker(study, lock, options.seed)
-                study.sampler = make_sampler(options, seed)
-                with lock:  # one baseline, however many workers start on an empty study
-                    if not study.get_trials(deepcopy=False):
-                        study.enqueue_trial(
-                            space.baseline(search.probe_auc), user_attrs={"baseline": True}
-                        )
-                log.info(f"[{name}] worker {search.worker} (#{index}, sampler seed {seed})")
-                search.gate = TrialGate(lock, options.max_trials)
+        with reuse_loaded_models():  # the frozen model, loaded once for the probes and trials
+            study, worker = prepare_study(search, options)
+            with worker, _artefacts_on_interrupt(study, folder):
                 if search.gate.admit(study):
-                    n_trials = options.n_trials or (None if options.max_trials else 50)
                     _optimize(
                         study,
                         search,
-                        n_trials=n_trials,
+                        n_trials=options.n_trials or (None if options.max_trials else 50),
                         timeout=options.timeout,
-                        # a failed trial is FAIL with its message; the study goes on
-                        catch=(Exception,),
+                        catch=(Exception,),  # a failed trial is FAIL with its message
                         # the gate last: it holds the study lock until the next trial exists
                         callbacks=[
                             progress_line,
@@ -248,19 +251,24 @@ def run_search(config: dict, space: Space, options: SearchOptions, name: str):
                         ],
                         gc_after_trial=True,
                     )
-        except KeyboardInterrupt:
-            write_artefacts(study, folder)
-            log.info(
-                f"[{name}] interrupted: the running trial is FAIL ('interrupted'); the same "
-                "command resumes the study"
-            )
-            raise
-        finally:
-            lock.close()
         log_figures(study, folder, search.probe_auc)
         write_artefacts(study, folder)
     _print_summary(study, folder, time.monotonic() - start)
     return study
+
+
+@contextlib.contextmanager
+def _artefacts_on_interrupt(study, folder: StudyFolder) -> Iterator[None]:
+    """On Ctrl-C: the study's artefacts as they are, and how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        write_artefacts(study, folder)
+        log.info(
+            f"[{folder.name}] interrupted: the running trial is FAIL ('interrupted'); the same "
+            "command resumes the study"
+        )
+        raise
 
 
 def _optimize(study, objective, **kwargs) -> None:

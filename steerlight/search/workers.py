@@ -21,6 +21,7 @@ import random
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -217,6 +218,45 @@ class StudyLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class StudyWorker:
+    """This process as one worker of a study: the study lock, its place among the workers and
+    its budget gate. `with` it (or an error while it joins) closes the lock."""
+
+    def __init__(self, storage, study_name: str) -> None:
+        self.name = study_name
+        self.lock = StudyLock(storage, study_name)
+        self.gate: TrialGate | None = None
+
+    def join(self, study, seed: int, check: Callable[[Any], None]) -> tuple[int, int]:
+        """Under the lock, `check(study)` (a resumed study's settings) and FAIL the trials of
+        this machine's dead workers; then record this worker: its index and sampler seed."""
+        with self.lock:
+            check(study)
+            for number in fail_orphaned_trials(study):
+                log.info(f"[{self.name}] trial {number}: its worker is gone, marked FAIL")
+        return register_worker(study, self.lock, seed)
+
+    def enqueue_once(self, study, params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
+        """Enqueue `params` in an empty study: one baseline, however many workers start on it."""
+        with self.lock:
+            if not study.get_trials(deepcopy=False):
+                study.enqueue_trial(params, user_attrs=user_attrs)
+
+    def open_gate(self, max_trials: int | None) -> TrialGate:
+        """The budget gate of this worker's trials (`TrialGate`)."""
+        self.gate = TrialGate(self.lock, max_trials)
+        return self.gate
+
+    def close(self) -> None:
+        self.lock.close()
+
+    def __enter__(self) -> StudyWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def register_worker(study, lock: StudyLock, seed: int) -> tuple[int, int]:
