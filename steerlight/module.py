@@ -21,6 +21,7 @@ from steerlight.eval import figures
 from steerlight.eval.metrics import Accuracy
 from steerlight.eval.report import paired_records, verdict_root, write_verdict
 from steerlight.io import steerlight_home
+from steerlight.model.batch_size import find_batch_size
 from steerlight.model.generation import Generation, GenerationSettings
 from steerlight.model.layers import check_fits, resolve_layer
 from steerlight.model.loading import (
@@ -148,13 +149,22 @@ class SteeredLM(pl.LightningModule):
     # -- the model and its steering -----------------------------------------------------------
 
     def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        hp = self.hparams  # a name (`tiny`, an alias) resolves where the model loads
-        self.model = load_model(hp.model_name_or_path, hp.revision, hp.dtype, hp.trust_remote_code)
-        self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.revision, hp.trust_remote_code)
-        self.fingerprint = weights_fingerprint(self.model)
-        check_fits(self.model, hp.model_name_or_path, hp.layer, self.settings.max_new_tokens)
+        if self.model is None:
+            hp = self.hparams  # a name (`tiny`, an alias) resolves where the model loads
+            self.model = load_model(
+                hp.model_name_or_path, hp.revision, hp.dtype, hp.trust_remote_code
+            )
+            self.tokenizer = load_tokenizer(
+                hp.model_name_or_path, hp.revision, hp.trust_remote_code
+            )
+            self.fingerprint = weights_fingerprint(self.model)
+            check_fits(self.model, hp.model_name_or_path, hp.layer, self.settings.max_new_tokens)
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and getattr(dm, "batch_size", 0) is None:  # data.batch_size: auto
+            self.model.to(self.trainer.strategy.root_device)  # measured where it will run
+            length = dm.longest_prompt() + self.settings.max_new_tokens
+            questions = max(len(dm.splits["val"]), len(dm.splits["test"]), 1)
+            dm.resolve_batch_size(find_batch_size(self.model, length, self.fingerprint, questions))
 
     def configure_optimizers(self) -> None:
         return None  # nothing is trained: the base model is frozen, vectors are closed-form

@@ -373,3 +373,33 @@ def test_progress_counts_questions_as_their_rows_finish(llama, tmp_path, caplog)
         assert done == sorted(done) and done[-1] == total and len(done) > 2, lines
         assert "ETA" in lines[0]
     assert module.on_rows_done is None
+
+
+def test_batch_size_auto_is_measured_where_the_model_runs(llama, tmp_path, monkeypatch, caplog):
+    """`data.batch_size: auto`: measured once the model is loaded (before any loader), on
+    sequences as long as the longest prompt plus the new tokens, at most the questions."""
+    from steerlight.model import batch_size
+
+    monkeypatch.setenv("STEERLIGHT_HOME", str(tmp_path / "home"))
+    asked = []
+    measure = batch_size._decode_rate
+
+    def spy(model, rows, length, timer):
+        asked.append((rows, length))
+        return measure(model, rows, length, timer)
+
+    monkeypatch.setattr(batch_size, "_decode_rate", spy)
+    caplog.set_level(logging.INFO, logger="steerlight.model.batch_size")
+    dm = datamodule(llama, batch_size="auto")
+    trainer(tmp_path, logger=False).fit(steered(llama, tmp_path), dm)
+    assert dm.batch_size in {rows for rows, _ in asked} and dm.batch_size <= 12  # test questions
+    (step,) = list(dm.val_dataloader())
+    assert step["slots"] == dm.batch_size
+    assert {length for _, length in asked} == {dm.longest_prompt() + 6}
+    assert f"data.batch_size auto: {dm.batch_size}" in caplog.text
+
+
+def test_batch_size_must_be_a_count_or_auto(llama):
+    for bad in (0, "many"):
+        with pytest.raises(SteerlightError, match=f"data.batch_size={bad!r} is invalid"):
+            datamodule(llama, batch_size=bad)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import random
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -48,7 +48,7 @@ class GSM8KDataModule(pl.LightningDataModule):
         limit_train: int | None = None,
         limit_val: int | None = None,
         limit_test: int | None = None,
-        batch_size: int = 8,
+        batch_size: int | Literal["auto"] = 8,
         max_prompt_tokens: int = 2048,
         synthetic_train_size: int = 4000,
         synthetic_test_size: int = 500,
@@ -71,7 +71,8 @@ class GSM8KDataModule(pl.LightningDataModule):
             limit_val: Use at most this many val questions (``None``: all of ``val_size``).
             limit_test: Use at most this many test questions, from the start (``None``: all).
             batch_size: Prompts decoded at once (val/test steps hold 8 times as many: a
-                finished row's place goes to the next prompt).
+                finished row's place goes to the next prompt); ``auto``: measured on this
+                machine once the model is loaded (`steerlight.model.batch_size`).
             max_prompt_tokens: Longer prompts lose exemplars until they fit.
             synthetic_train_size: Train rows generated when ``source`` is ``synthetic``.
             synthetic_test_size: Test rows generated when ``source`` is ``synthetic``.
@@ -87,7 +88,9 @@ class GSM8KDataModule(pl.LightningDataModule):
         self.n_shots = self.preset.default_shots if n_shots is None else n_shots
         if self.n_shots < 0:
             raise SteerlightError(f"n_shots={n_shots} is invalid: use 0 or more")
-        for name in ("val_size", "batch_size", "max_prompt_tokens", "val_shards"):
+        self.batch_size: int | None = None if batch_size == "auto" else batch_size
+        """Rows decoded at once (None: ``auto``, not measured yet: `resolve_batch_size`)."""
+        for name in ("val_size", "max_prompt_tokens", "val_shards"):
             if getattr(self.hparams, name) < 1:
                 raise SteerlightError(f"{name}={getattr(self.hparams, name)} must be at least 1")
         for name in ("limit_train", "limit_val", "limit_test"):
@@ -96,6 +99,10 @@ class GSM8KDataModule(pl.LightningDataModule):
                 raise SteerlightError(
                     f"data.{name}={value} is invalid: use 1 or more, or null for the whole split"
                 )
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise SteerlightError(
+                f"data.batch_size={batch_size!r} is invalid: use 1 or more, or auto"
+            )
         if not str(source).strip():
             raise SteerlightError(
                 "data.source is empty: use a Hub dataset id (openai/gsm8k), a folder with "
@@ -196,6 +203,29 @@ class GSM8KDataModule(pl.LightningDataModule):
         # Longest first: batches of similar length waste little padding, and OOM shows up early.
         return sorted(out, key=lambda ex: -len(ex["input_ids"]))
 
+    # -- batch size -------------------------------------------------------------------------
+
+    def longest_prompt(self) -> int:
+        """Tokens of the longest val or test prompt (what `auto` sizes a batch for)."""
+        if not self.splits:
+            self.setup()
+        return max(
+            (len(ex["input_ids"]) for s in ("val", "test") for ex in self.splits[s]), default=1
+        )
+
+    def resolve_batch_size(self, rows: int) -> None:
+        """Set the rows decoded at once where ``batch_size`` is ``auto``."""
+        if self.batch_size is None:
+            self.batch_size = int(rows)
+
+    def rows_at_once(self) -> int:
+        if self.batch_size is None:
+            raise SteerlightError(
+                "data.batch_size is auto but was not measured: it is measured when the model "
+                "loads in fit, validate or test (or give a number)"
+            )
+        return self.batch_size
+
     # -- loaders ----------------------------------------------------------------------------
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -213,7 +243,7 @@ class GSM8KDataModule(pl.LightningDataModule):
             "prompts": [ex["prompt"] for ex in examples],
             "input_ids": padded["input_ids"],
             "attention_mask": padded["attention_mask"],
-            "slots": self.hparams.batch_size,  # rows decoded at once
+            "slots": self.rows_at_once(),
         }
 
     def _loader(
@@ -235,7 +265,7 @@ class GSM8KDataModule(pl.LightningDataModule):
             )
         return DataLoader(
             rows,
-            batch_size=self.hparams.batch_size * batches,
+            batch_size=self.rows_at_once() * batches,
             sampler=sampler,
             shuffle=False,
             collate_fn=self.collate,

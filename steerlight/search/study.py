@@ -297,12 +297,14 @@ def fitting_rounds(config: dict, rounds: int, name: str = "") -> int:
     import inspect
 
     from steerlight.data.datamodule import GSM8KDataModule
+    from steerlight.model.batch_size import START
 
     defaults = inspect.signature(GSM8KDataModule).parameters
     data = config.get("data", {})
     val = data.get("val_size") or defaults["val_size"].default
     val = min(val, data.get("limit_val") or val)
     batch = data.get("batch_size") or defaults["batch_size"].default
+    batch = START if batch == "auto" else batch  # (measured later: at least START)
     fitting = max(1, min(rounds, val // batch))
     if fitting < rounds:
         log.info(

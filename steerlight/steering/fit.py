@@ -198,7 +198,7 @@ def fit_keys(
         "seed": hparams["seed"],
         "limit_train_batches": trainer.limit_train_batches,
         "world_size": trainer.world_size,
-        "batch_size": getattr(datamodule, "hparams", {}).get("batch_size"),
+        "batch_size": getattr(datamodule, "batch_size", None),
     }
     if hparams["pairs"] == "on_policy":
         key["generation"] = dataclasses.asdict(settings)
