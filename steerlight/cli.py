@@ -15,11 +15,13 @@ from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from steerlight import layout
+from steerlight.arguments import ConfigFile, explain, model_flags, one_line_errors
 from steerlight.checkpoint import SteeringCheckpoint, check_checkpoint
 from steerlight.console import lightning_notice
 from steerlight.data.datamodule import GSM8KDataModule
 from steerlight.errors import SteerlightError, one_line
 from steerlight.io import ensure_writable_dir, read_config
+from steerlight.layout import resolve_checkpoint
 from steerlight.model.loading import model_source
 from steerlight.module import SETTINGS_GROUPS, SteeredLM
 
@@ -73,6 +75,14 @@ class SteerlightCLI(LightningCLI):
     """LightningCLI with the data module's tokenizer and preset tied to the model, and
     `--ckpt best|last|PATH` that rebuilds a run from its saved config and checkpoint."""
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's parser, with `--config` read by `ConfigFile`."""
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
+        parser = self.parser_class(**kwargs)
+        text = "Path to a configuration file in json or yaml format."
+        parser.add_argument("-c", "--config", action=ConfigFile, help=text)
+        return parser
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         link_run_arguments(parser)
         describe_methods(parser)
@@ -120,43 +130,74 @@ class SteerlightCLI(LightningCLI):
         log_result(self.trainer)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        if isinstance(args, dict):
-            argv = []
-        else:
-            argv = underscore_flags(args if isinstance(args, (list, tuple)) else sys.argv[1:])
-            args = argv
-        self._argv = argv  # the --model.* flags given: they beat a checkpoint's saved arguments
-        for path in config_files(argv):
-            read_config(path)  # missing, a folder, not YAML, not a mapping: one line
-        sub, spec = _subcommand(argv), _flag(argv, "--ckpt")
-        if not spec:  # --ckpt may also come from a config file
-            self._parse(parser, args)
-            sub = self.config.get("subcommand")
-            spec = sub and self.config[sub].get("ckpt")
-        if spec:
-            if sub not in ("validate", "test", "predict"):
-                raise SteerlightError(
-                    "--ckpt is for validate, test and predict (after the command)"
-                )
-            root = Path(_flag(argv, "--root") or _flag(argv, "--logs_root") or "lightning_logs")
-            ckpt, config = resolve_checkpoint(spec, _flag(argv, "--study_name"), root)
-            if config:
-                read_config(config)  # a damaged best.yaml / config.yaml, named in one line
-            if spec == "best" and sub == "test":  # not minutes on the baseline against itself
-                layout.refuse_unsteered_best(ckpt)
-            # the run's saved config first, so every flag given (also a logger's init_args,
-            # which need the saved class_path) applies on top of it
-            at = argv.index(sub) + 1
-            saved = ["--config", str(config)] if config else []
-            self._parse(parser, [*argv[:at], *saved, *argv[at:], "--ckpt_path", str(ckpt)])
+        """LightningCLI's parse (a bad key or value in one line), then the run `--ckpt` names
+        (its saved config beneath the config files and flags given) and the checks a command
+        needs before anything starts. The checkpoint's own model arguments are applied in
+        `before_instantiate_classes`: Lightning's step between the two would apply them over
+        the `--model.*` flags given, so it is handed no `ckpt_path`."""
+        with one_line_errors(parser):
+            super().parse_arguments(parser, args)
+        self._args, self._checkpoint = args, None
+        sub = self.config.get("subcommand")
+        if sub is None:  # (`run=False`: a search's trial, parsed from a dict)
+            return
+        if self.config[sub].get("ckpt"):
+            self._checkpoint = self._load_run(sub, self.config[sub].ckpt)
+        elif sub != "fit":  # fit's ckpt_path resumes training, which steerlight never does
+            self._checkpoint = self.config[sub].get("ckpt_path")
+        if self._checkpoint:
+            check_checkpoint(self._checkpoint)  # before Lightning's loader makes a traceback
+            self.config[sub].ckpt_path = None
         if sub == "fit":  # checked now, not when the first checkpoint is due
             root = self.config[sub].trainer.get("default_root_dir") or os.getcwd()
             ensure_writable_dir(root, "trainer.default_root_dir")
         if sub == "test":  # the verdict table replaces Lightning's table of test metrics
             self.config[sub].verbose = False
-        path = sub and self.config[sub].get("ckpt_path")
-        if path and sub != "fit":  # fit's ckpt_path resumes training, which steerlight never does
-            check_checkpoint(path)  # before Lightning's loader turns a bad file into a traceback
+
+    def _load_run(self, sub: str, spec: str) -> str:
+        """`--ckpt best|last|PATH`: its checkpoint, and its run's saved config parsed beneath
+        the config files and flags given (a logger's init_args too)."""
+        from jsonargparse import Namespace
+
+        if sub not in ("validate", "test"):
+            raise SteerlightError("--ckpt is for validate, test and predict (after the command)")
+        config = self.config[sub]
+        ckpt, saved = resolve_checkpoint(spec, config.get("study_name"), Path(config.root))
+        if saved:
+            read_config(saved)  # a damaged best.yaml / config.yaml, named in one line
+        if spec == "best" and sub == "test":  # not minutes on the baseline against itself
+            layout.refuse_unsteered_best(ckpt)
+        if saved:
+            with one_line_errors(self.parser):
+                base = self.parser.parse_args([sub, "--config", str(saved)])
+                if isinstance(self._args, (dict, Namespace)):
+                    self.config = self.parser.parse_object(self._args, base)
+                else:
+                    self.config = self.parser.parse_args(self._args, namespace=base)
+        return str(ckpt)
+
+    def before_instantiate_classes(self) -> None:
+        """The checkpoint to validate or test, and the model arguments it saved, except those
+        given as `--model.*` flags (``test --ckpt best --model.alpha 3`` tests alpha 3)."""
+        import torch
+        from jsonargparse import ArgumentError
+
+        path, sub = self._checkpoint, self.subcommand
+        if not path:
+            return
+        self.config[sub].ckpt_path = path
+        saved = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters")
+        flags = model_flags(sys.argv[1:] if self._args is None else self._args)
+        kept = {k: v for k, v in (saved or {}).items() if k not in flags and k != "_instantiator"}
+        if not kept:
+            return
+        try:
+            self.config = self.parser.parse_object({sub: {"model": kept}}, self.config)
+        except ArgumentError as err:
+            raise SteerlightError(
+                f"checkpoint {path} holds model arguments this steerlight does not accept "
+                f"({explain(str(err), self.parser)}); fit a new checkpoint"
+            ) from None
 
     def instantiate_classes(self) -> None:
         """Lightning's, with a bad value caught by a class (a settings group's check, the
@@ -185,142 +226,6 @@ class SteerlightCLI(LightningCLI):
         for logger in self.trainer.loggers:  # each run writes its HPARAMS row itself, not
             if hasattr(logger, "_default_hp_metric"):  # Lightning's raw one with hp_metric -1
                 logger._default_hp_metric = False
-
-    def _parse_ckpt_path(self) -> None:
-        """The model arguments saved in --ckpt_path, except those given as `--model.*` flags.
-
-        Lightning's own version applies every saved argument over the parsed config, so
-        ``test --ckpt best --model.alpha 3`` would silently test the saved alpha.
-        """
-        import torch
-        from jsonargparse import ArgumentError
-
-        sub = self.config.get("subcommand")
-        path = sub and self.config[sub].get("ckpt_path")
-        if not path or not Path(path).is_file():
-            return
-        saved = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters")
-        flags = {a[len("--model.") :].split("=")[0] for a in self._argv if a.startswith("--model.")}
-        kept = {k: v for k, v in (saved or {}).items() if k not in flags and k != "_instantiator"}
-        if not kept:
-            return
-        try:
-            self.config = self.parser.parse_object({sub: {"model": kept}}, self.config)
-        except ArgumentError as err:
-            raise SteerlightError(
-                f"checkpoint {path} holds model arguments this steerlight does not accept "
-                f"({explain(str(err), self.parser)}); fit a new checkpoint"
-            ) from None
-
-    def _parse(self, parser: LightningArgumentParser, args: Any) -> None:
-        """LightningCLI's parse, with a bad key or value reported in one line."""
-        from jsonargparse import ArgumentError
-
-        try:
-            super().parse_arguments(parser, args)
-        except ArgumentError as err:
-            raise SteerlightError(explain(str(err), parser)) from None
-
-
-def underscore_flags(argv: Sequence[str]) -> list[str]:
-    """`--n-trials 3` as `--n_trials 3`: every flag may be spelled with dashes or underscores.
-
-    Lightning's and steerlight's flags are all spelled with underscores, so a dash inside a
-    flag's name (never in its value, nor in a dotted key's value) is read as an underscore.
-    """
-    out = []
-    for arg in argv:
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + eq + value
-        out.append(arg)
-    return out
-
-
-def _flag(argv: Sequence[str], name: str) -> str | None:
-    """The value of `name` on a command line (`--x v` or `--x=v`; the last one wins)."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def _subcommand(argv: Sequence[str]) -> str | None:
-    """fit / validate / test / predict: the first word that is not an option or its value."""
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg.startswith("-"):
-            skip = "=" not in arg and arg not in ("-h", "--help", "--print_config")
-        else:
-            return arg if arg in ("fit", "validate", "test", "predict") else None
-    return None
-
-
-def config_files(argv: list[str]) -> list[str]:
-    """The files passed with --config / -c on a command line."""
-    files = []
-    for i, arg in enumerate(argv):
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            files.append(argv[i + 1])
-        elif arg.startswith("--config="):
-            files.append(arg.split("=", 1)[1])
-    return files
-
-
-def explain(message: str, parser: LightningArgumentParser) -> str:
-    """jsonargparse's error as one line that says what would be valid."""
-    import difflib
-    import re
-
-    text = one_line(message)
-    text = re.sub(
-        r"Expected a typing\.Literal\[(.*?)\]\. Got value: (\S+)",
-        r"got \2; choose one of \1",
-        text,
-    )
-    text = re.sub(
-        r"Expected a <class '(\w+)'>\. Got value: (\S+)",
-        lambda m: (
-            f"got {m[2]}; expected "
-            + ("a finite number" if m[2].lower().lstrip("+-") in ("nan", "inf") else f"a {m[1]}")
-        ),
-        text,
-    )
-    text = re.sub(r'Parser key "([\w.]+)":', r"\1:", text)
-    unknown = re.search(r"(?:does not accept option|unrecognized arguments:) '?-*([\w.]+)", text)
-    if unknown:
-        keys = _parser_keys(parser)
-        close = difflib.get_close_matches(unknown.group(1), keys, n=2, cutoff=0.6)
-        hint = f"did you mean {' or '.join(repr(k) for k in close)}? " if close else ""
-        text += f"; {hint}(`--help` lists every key)"
-    return text
-
-
-def _parser_keys(parser) -> list[str]:
-    """Every option key of the parser and its subcommands (`model.alpha`, `trainer.devices`)."""
-    keys = []
-    for action in parser._actions:
-        if getattr(action, "choices", None) and isinstance(action.choices, dict):
-            for sub in action.choices.values():
-                keys += _parser_keys(sub)
-        elif action.dest and action.dest != "help":
-            keys.append(action.dest)
-    return sorted(set(keys))
-
-
-def resolve_checkpoint(spec: str, study: str | None, root: Path) -> tuple[Path, Path | None]:
-    """A checkpoint named by `best`, `last` or a path, and the config of the run that wrote it."""
-    if spec == "best":
-        return layout.find_best(root, study)
-    path = layout.find_last(root) if spec == "last" else Path(spec)
-    if not path.is_file():
-        raise SteerlightError(f"--ckpt {spec}: no such checkpoint file (or use best / last)")
-    return path, layout.run_config(path)
 
 
 def describe_methods(parser: LightningArgumentParser) -> None:
@@ -357,6 +262,7 @@ def add_location_arguments(parser: LightningArgumentParser) -> None:
     )
     parser.add_argument(
         "--study_name",
+        "--study-name",
         default=None,
         help="The study: the search's study name (default: the config file's stem); "
         "`--ckpt best` reads this study's best checkpoint (default: the newest study).",
@@ -364,6 +270,7 @@ def add_location_arguments(parser: LightningArgumentParser) -> None:
     parser.add_argument(
         "--root",
         "--logs_root",  # its name before the search and test shared it
+        "--logs-root",
         default="lightning_logs",
         help="The folder that holds the study folders (and where --ckpt looks for runs).",
     )

@@ -216,3 +216,13 @@ def latest_verdict(folder: Path) -> Path:
             "`python -m steerlight test --ckpt ...` first"
         )
     return found
+
+
+def resolve_checkpoint(spec: str, study: str | None, root: Path) -> tuple[Path, Path | None]:
+    """A checkpoint named by `best`, `last` or a path, and the config of the run that wrote it."""
+    if spec == "best":
+        return find_best(root, study)
+    path = find_last(root) if spec == "last" else Path(spec)
+    if not path.is_file():
+        raise SteerlightError(f"--ckpt {spec}: no such checkpoint file (or use best / last)")
+    return path, run_config(path)

@@ -81,8 +81,8 @@ def export(
     optional package, or a checkpoint that does not steer.
     """
     from steerlight.checkpoint import check_checkpoint
-    from steerlight.cli import resolve_checkpoint
     from steerlight.io import ensure_writable_dir
+    from steerlight.layout import resolve_checkpoint
 
     if format not in _TARGETS:
         raise SteerlightError(f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")

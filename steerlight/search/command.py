@@ -2,7 +2,7 @@
 
 `python -m steerlight.search` and `python -m steerlight search` take the same `--config`, the same
 dotted overrides (`--model.*`, `--data.*`, `--trainer.*`) and `--print_config` as `fit`, and
-the `SearchOptions` flags (`--n_trials`, or `--n-trials`: a dash works in every flag).
+the `SearchOptions` flags (`--n_trials`, or `--n-trials`: steerlight's own flags take a dash too).
 """
 
 from __future__ import annotations
@@ -15,13 +15,8 @@ from typing import Any
 
 import yaml
 
-from steerlight.cli import (
-    SteerlightCLI,
-    add_location_arguments,
-    cli_main,
-    config_files,
-    link_run_arguments,
-)
+from steerlight.arguments import dash_aliases
+from steerlight.cli import SteerlightCLI, add_location_arguments, cli_main, link_run_arguments
 from steerlight.errors import SteerlightError
 from steerlight.io import read_config
 from steerlight.search.objective import merge
@@ -53,6 +48,7 @@ class SearchCLI(SteerlightCLI):
         )
         # the options' help is their attribute docstrings; --study_name and --root are shared
         parser.add_class_arguments(SearchOptions, nested_key=None, skip={"study_name", "root"})
+        dash_aliases(parser, {f.name for f in dataclasses.fields(SearchOptions)})
 
     def instantiate_classes(self) -> None:
         pass
@@ -91,7 +87,7 @@ def _check_space_values(cli: SearchCLI, run: dict, space: Space, origin: str) ->
     trial: a fixed value or choice the model does not take is one line now, not a FAIL later."""
     from jsonargparse import ArgumentError
 
-    from steerlight.cli import explain
+    from steerlight.arguments import explain
     from steerlight.module import SETTINGS_GROUPS
 
     for name, value in space.values():
@@ -133,15 +129,21 @@ def parse_search(
 
 
 def parse_argv(argv: list[str]) -> tuple[dict, Space, SearchOptions, str]:
-    """The command line's input; without --config, configs/debug.yaml (the embedded default)."""
-    files = config_files(argv)
-    if not files and not {"-h", "--help"} & set(argv):
+    """The command line's input; without --config, configs/debug.yaml (the embedded default).
+
+    (jsonargparse's `default_config_files` would load the default beneath a --config given,
+    whose run would then inherit the default's search space: so the default is added here,
+    where no option is -c / --config.)
+    """
+    if not {"-c", "--config", "-h", "--help"} & {a.split("=")[0] for a in argv}:
         if not Path(DEFAULT_CONFIG).is_file():
             raise SteerlightError(
                 f"no --config given and {DEFAULT_CONFIG} is not here: pass --config FILE"
             )
-        argv, files = ["--config", DEFAULT_CONFIG, *argv], [DEFAULT_CONFIG]
-    return _split(_parse(argv), files[-1] if files else "search")
+        argv = ["--config", DEFAULT_CONFIG, *argv]
+    cli = _parse(argv)
+    files = cli.config.get("config") or []
+    return _split(cli, str(files[-1].relative) if files else "search")
 
 
 def search(
