@@ -19,16 +19,16 @@ LAYERS = (
     ("eval",),
     ("tiny",),  # the embedded model: built with data and model
     ("module",),
-    ("cli",),
+    ("arguments", "cli"),  # the command line: shared parser pieces, LightningCLI
     ("search", "export"),
     ("__main__", ""),  # "": the package's own __init__
 )
 DATA_TABLES = {"steerlight/data/synthetic.py"}  # templates of word problems, not logic
-MAX_MODULE_LINES = 430  # 400 once cli.py and module.py are cut (this change)
+MAX_MODULE_LINES = 400
 OVER_LIMIT_FOR_NOW = {"steerlight/steering/hooks.py"}
 """Modules being split by a change in flight (issue 28: column tracking out of hooks.py);
 remove a name once its module is under MAX_MODULE_LINES."""
-MAX_STEEREDLM_LINES = 330
+MAX_STEEREDLM_LINES = 299  # < 300: the Lightning lifecycle only
 
 
 def module_name(path: Path) -> str:
