@@ -30,7 +30,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), help="Prompt presets.")
     parser.add_argument("--n", type=int, default=200, help="Val questions per preset.")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8, help="Rows decoded at once.")
+    parser.add_argument(
+        "--batch-size",
+        type=lambda v: v if v == "auto" else int(v),
+        default="auto",
+        help="Rows decoded at once: a number, or auto (measured on this machine).",
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--out", default="real_baselines", help="Folder for the JSON and table.")

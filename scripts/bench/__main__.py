@@ -71,6 +71,7 @@ from generation import CAA, Contender, generation_batch, timed_generation
 from growth import bench_growth
 from hook import hook_contenders, hook_result
 from pruning import bench_pruning
+from real import bench_real
 from refill import bench_refill
 from trial import bench_trial
 
@@ -78,7 +79,7 @@ from trial import bench_trial
 if str(ROOT) not in sys.path:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
-PARTS = ("hook", "trial", "activations", "dac", "pruning", "cache", "refill", "growth")
+PARTS = ("hook", "trial", "activations", "dac", "pruning", "cache", "refill", "growth", "real")
 ORDER = (
     "hook_overhead",
     "trial_cost",
@@ -88,6 +89,7 @@ ORDER = (
     "cache",
     "refill",
     "growth",
+    "real",
 )
 """The report's order of results, one per part."""
 
@@ -237,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="new tokens of the peak-memory generation (a few: the caches are the prompt's)",
     )
+    g = p.add_argument_group("real model (part real: GSM8K val questions from --gsm8k-dir)")
+    g.add_argument(
+        "--real-model",
+        default="smollm2-135m-instruct",
+        help="model name, alias or path (default: SmolLM2-135M-Instruct from its wheel)",
+    )
+    g.add_argument("--real-questions", type=int, default=64, help="val questions per pass")
+    g.add_argument(
+        "--real-batch", type=int, default=8, help="the plain path's rows decoded at once"
+    )
+    g.add_argument("--real-new-tokens", type=int, default=256, help="max new tokens per answer")
     return p
 
 
@@ -279,6 +292,9 @@ QUICK = {
     "memory_batch": 2,
     "memory_prompt_tokens": 16,
     "memory_new_tokens": 2,
+    "real_questions": 4,
+    "real_batch": 2,
+    "real_new_tokens": 8,
 }
 """What --quick changes (each field only where it would be larger; a sweep where its largest
 size would be)."""
@@ -376,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if "pruning" in args.parts:
                 _progress("pruning: two searches", started)
                 results.append(bench_pruning(args, tiny, what))
+        if "real" in args.parts:
+            _progress("real model: a val pass, fast vs plain path", started)
+            results.append(bench_real(args, device))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results.sort(key=lambda r: ORDER.index(r.name))

@@ -82,7 +82,8 @@ def exact_here(forward: ChunkForward, cache: Any) -> str | None:
 
 class PrefixCache:
     """The KV cache of a shared prompt prefix (the last one asked for), for one model under one
-    steering. `prefilled_tokens` and `reused_tokens` count what it ran and what it saved."""
+    steering. `prefilled_tokens` counts the prefix tokens it ran, `reused_tokens` those its rows
+    took from the cache instead of running them."""
 
     def __init__(self) -> None:
         self._key: tuple[int, ...] = ()
@@ -115,7 +116,7 @@ class PrefixCache:
         for i, o in enumerate(own):
             ids[i, shared + width - len(o) :], mask[i, shared + width - len(o) :] = o, 1
         logits, cache = forward(ids, mask, cache, width)
-        self.reused_tokens += shared * (len(prompts) - 1)
+        self.reused_tokens += shared * len(prompts)
         return ids, mask, logits, cache
 
     def _cache_of(self, forward: ChunkForward, ids: Tensor) -> Any | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import need_consumer
 
 from steerlight.data.datamodule import GSM8KDataModule
 from steerlight.data.prompts import CHAT_INSTRUCTION, get_preset
@@ -138,8 +139,7 @@ def test_dac_at_alpha_max_zero_equals_the_baseline(smollm2, batch, plain, vector
 def test_stop_strings_cut_real_completions_where_lm_eval_would(smollm2, batch, plain):
     """lm-eval's gsm8k `until` strings (and one more that occurs in a real completion) cut the
     text exactly as lm-eval's own post-processing cuts the unstopped completion."""
-    from lm_eval.models.utils import postprocess_generated_text
-
+    postprocess_generated_text = need_consumer("lm_eval.models.utils").postprocess_generated_text
     model, tok = smollm2
     task = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks/gsm8k/gsm8k.yaml"
     until = yaml.safe_load(task.read_text())["generation_kwargs"]["until"]
@@ -153,3 +153,33 @@ def test_stop_strings_cut_real_completions_where_lm_eval_would(smollm2, batch, p
         assert got.texts == want
     assert got.texts[0] == text[: text.find(piece)]  # a real cut, not a no-op
     assert (got.tokens[0] != tok.pad_token_id).sum() < (plain.tokens[0] != tok.pad_token_id).sum()
+
+
+def test_prefix_reuse_gives_the_plain_tokens_on_few_shot_prompts(smollm2, gsm8k_dir, monkeypatch):
+    """Few-shot prompts (two exemplars, three questions of different lengths) share their
+    exemplars: the shared prefix runs once, and refill gives the plain prefill's tokens, steered
+    at the prompt's end."""
+    from dataclasses import replace
+
+    from steerlight.model import refill
+    from steerlight.model.prefix import PrefixCache
+
+    made = []
+    monkeypatch.setattr(refill, "PrefixCache", lambda: made.append(PrefixCache()) or made[-1])
+    model, tok = smollm2
+    dm = GSM8KDataModule(
+        source=str(gsm8k_dir), tokenizer=tok, preset="gsm8k", n_shots=2, limit_val=3
+    )
+    dm.setup("validate")
+    step = dm.collate(dm.splits["val"])
+    ids, mask = step["input_ids"], step["attention_mask"]
+    plain, fast = replace(SETTINGS, prefix_reuse=False), replace(SETTINGS, prefix_reuse=True)
+    v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    stop = list(get_preset("gsm8k").stop)
+    with steer(model, LAYER, v, 4.0, prompt_len=ids.shape[1]) as s:
+        want = refill_generate(model, tok, ids, mask, plain, stop, 2, s)
+    with steer(model, LAYER, v, 4.0, prompt_len=ids.shape[1]) as s:
+        got = refill_generate(model, tok, ids, mask, fast, stop, 2, s)
+    assert torch.equal(got.tokens, want.tokens) and got.texts == want.texts
+    (used,) = [c for c in made if c.prefilled_tokens]
+    assert used.prefilled_tokens > 300 and used.reused_tokens == 3 * used.prefilled_tokens

@@ -25,6 +25,7 @@ BENCHMARKS = {
     "cache",
     "refill",
     "growth",
+    "real",
 }
 
 
@@ -32,6 +33,7 @@ def test_quick_benchmark_writes_every_ratio(tmp_path: Path, gsm8k_dir: Path) -> 
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(BENCH), "--quick", "--out", str(out)]
     cmd += ["--source", "gsm8k", "--gsm8k-dir", str(gsm8k_dir)]
+    cmd += ["--real-model", "tiny"]  # (the part's code; SmolLM2's numbers are a full run's)
     proc = subprocess.run(
         cmd,
         cwd=tmp_path,
@@ -61,6 +63,10 @@ def test_quick_benchmark_writes_every_ratio(tmp_path: Path, gsm8k_dir: Path) -> 
     trial = report["benchmarks"]["trial_cost"]["details"]
     assert 0 < trial["steerlight_forwards"] < trial["naive_generate_forwards"]
     assert report["benchmarks"]["dac_vs_caa"]["details"]["forward_floor"] > 1
+    real = report["benchmarks"]["real"]["details"]
+    assert set(real["forms"]) == {"gsm8k"}, "tiny has no chat template: 5-shot only"
+    assert real["forms"]["gsm8k"]["tokens_identical"] is True
+    assert real["forms"]["gsm8k"]["rows_differing"] == 0 and real["matmul_gflops"] > 0
     ceilings = report["benchmarks"]["refill"]["details"]["padded_over_unfinished_row_steps"]
     assert set(ceilings) == {"tiny", "random"} and all(c >= 1 for c in ceilings.values())
 
