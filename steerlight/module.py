@@ -21,7 +21,6 @@ from steerlight.eval import figures
 from steerlight.eval.metrics import Accuracy
 from steerlight.eval.report import paired_records, verdict_root, write_verdict
 from steerlight.io import steerlight_home
-from steerlight.model.batch_size import find_batch_size
 from steerlight.model.generation import Generation, GenerationSettings
 from steerlight.model.layers import check_fits, resolve_layer
 from steerlight.model.loading import (
@@ -151,20 +150,15 @@ class SteeredLM(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             hp = self.hparams  # a name (`tiny`, an alias) resolves where the model loads
-            self.model = load_model(
-                hp.model_name_or_path, hp.revision, hp.dtype, hp.trust_remote_code
-            )
-            self.tokenizer = load_tokenizer(
-                hp.model_name_or_path, hp.revision, hp.trust_remote_code
-            )
+            name, revision, trust = hp.model_name_or_path, hp.revision, hp.trust_remote_code
+            self.model = load_model(name, revision, hp.dtype, trust)
+            self.tokenizer = load_tokenizer(name, revision, trust)
             self.fingerprint = weights_fingerprint(self.model)
-            check_fits(self.model, hp.model_name_or_path, hp.layer, self.settings.max_new_tokens)
+            check_fits(self.model, name, hp.layer, self.settings.max_new_tokens)
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is not None and getattr(dm, "batch_size", 0) is None:  # data.batch_size: auto
             self.model.to(self.trainer.strategy.root_device)  # measured where it will run
-            length = dm.longest_prompt() + self.settings.max_new_tokens
-            questions = max(len(dm.splits["val"]), len(dm.splits["test"]), 1)
-            dm.resolve_batch_size(find_batch_size(self.model, length, self.fingerprint, questions))
+            dm.measure_batch_size(self.model, self.fingerprint, self.settings.max_new_tokens)
 
     def configure_optimizers(self) -> None:
         return None  # nothing is trained: the base model is frozen, vectors are closed-form
@@ -215,10 +209,8 @@ class SteeredLM(pl.LightningModule):
             batch, self.preset, hp.pairs, hp.seed, lambda: self.generate_batch(batch, False).texts
         )
         chat = self.preset.name == "chat"  # a chat template brings its own special tokens
-        acts = solution_activations(
-            self.model, self.tokenizer, texts, lens, hp.read_position, not chat
-        )
-        self._fit.add(acts, labels)
+        args = (self.model, self.tokenizer, texts, lens, hp.read_position, not chat)
+        self._fit.add(solution_activations(*args), labels)
 
     def on_train_epoch_end(self) -> None:
         self._finish_fit()
@@ -230,13 +222,9 @@ class SteeredLM(pl.LightningModule):
         if self.steering and self.steering is self._fit.state:
             return
         icl = (self.model, self.tokenizer, self.preset, self.trainer.datamodule, self.dac)
-        state = self._fit.finish(
-            self.hparams.pairs,
-            self.hparams.seed,
-            lambda items: _all_ranks(self.trainer, items),
-            self.trainer.is_global_zero,
-            extra=partial(icl_vectors, *icl) if self._fit.state_key["icl"] else None,
-        )
+        extra = partial(icl_vectors, *icl) if self._fit.state_key["icl"] else None
+        hp, ranks = self.hparams, partial(_all_ranks, self.trainer)
+        state = self._fit.finish(hp.pairs, hp.seed, ranks, self.trainer.is_global_zero, extra=extra)
         self.steering, auc = state, state["probe_auc"].tolist()
         for i, value in enumerate(auc):
             self.log(f"probe_auc/layer_{i:02d}", value)

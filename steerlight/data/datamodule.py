@@ -213,6 +213,15 @@ class GSM8KDataModule(pl.LightningDataModule):
             (len(ex["input_ids"]) for s in ("val", "test") for ex in self.splits[s]), default=1
         )
 
+    def measure_batch_size(self, model, fingerprint: str, new_tokens: int) -> None:
+        """``auto``: the rows decoded at once, measured for `model` where it is (for the
+        longest prompt plus `new_tokens`, at most the questions of a pass)."""
+        from steerlight.model.batch_size import find_batch_size
+
+        length = self.longest_prompt() + new_tokens
+        questions = max(len(self.splits["val"]), len(self.splits["test"]), 1)
+        self.resolve_batch_size(find_batch_size(model, length, fingerprint, questions))
+
     def resolve_batch_size(self, rows: int) -> None:
         """Set the rows decoded at once where ``batch_size`` is ``auto``."""
         if self.batch_size is None:
