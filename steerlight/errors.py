@@ -80,16 +80,21 @@ def _written_path(err: BaseException) -> str | None:
     return None
 
 
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+"""What a background writer hits on a full, read-only or failing disk."""
+
+
 @contextmanager
 def _thread_write_errors() -> Iterator[list[OSError]]:
-    """A background thread's OSError (TensorBoard's event writer on a full disk) prints no
+    """A background thread's write error (TensorBoard's event writer on a full disk) prints no
     traceback of its own: the main thread raises the same error at its next write and reports
-    it in one line; the errors are yielded, for one that the main thread never saw."""
+    it in one line; the errors are yielded, for one that the main thread never saw. Any other
+    error of a thread (a broken pipe, a refused connection) keeps its traceback."""
     failed: list[OSError] = []
     before = threading.excepthook
 
     def hook(args: threading.ExceptHookArgs) -> None:
-        if isinstance(args.exc_value, OSError):
+        if isinstance(args.exc_value, OSError) and args.exc_value.errno in WRITE_ERRORS:
             failed.append(args.exc_value)
         else:
             before(args)

@@ -221,3 +221,28 @@ def test_a_thread_write_error_the_main_thread_never_saw_is_said(tmp_path, capsys
         "events.out): free some space there, or write the run elsewhere "
         "(trainer.default_root_dir, the logger's save_dir, --root or $STEERLIGHT_HOME)"
     ]
+
+
+def test_a_thread_error_that_is_no_write_error_keeps_its_traceback(capsys, monkeypatch):
+    """Only disk write errors of a thread are turned into the one line; a thread's other
+    OSError (a broken pipe) goes to the usual hook (Python prints its traceback) and the
+    command goes on."""
+    import errno
+    import threading
+
+    from steerlight.errors import exit_on_error
+
+    usual = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: usual.append(args.exc_value))
+
+    def pipe() -> None:
+        raise OSError(errno.EPIPE, "Broken pipe")
+
+    def main() -> None:
+        thread = threading.Thread(target=pipe)
+        thread.start()
+        thread.join()
+
+    exit_on_error("steerlight", main)  # returns: the main thread did its work
+    assert [e.errno for e in usual] == [errno.EPIPE]
+    assert "steerlight: error" not in capsys.readouterr().err
