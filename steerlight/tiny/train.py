@@ -160,11 +160,9 @@ def build_tiny_model(recipe: TinyRecipe, out_dir: str | Path) -> dict[str, Any]:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    threads = torch.get_num_threads()
     # A fixed thread count: CPU reductions split work by threads, so the same recipe gives the
     # same bytes on any core count (the shipped copy is checked against a rebuild).
-    torch.set_num_threads(BUILD_THREADS)
-    with torch.random.fork_rng(devices=[]):
+    with _threads(BUILD_THREADS), torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         model = LlamaForCausalLM(config)
         model.train()
@@ -193,10 +191,7 @@ def build_tiny_model(recipe: TinyRecipe, out_dir: str | Path) -> dict[str, Any]:
                 limit_val_batches=0,
                 default_root_dir=str(out_dir),
             )
-            try:
-                trainer.fit(module, train_dataloaders=loader)
-            finally:
-                torch.set_num_threads(threads)
+            trainer.fit(module, train_dataloaders=loader)
     if trainer.global_step < recipe.steps:  # stopped (a signal): never install a partial model
         raise SteerlightError(
             f"tiny model build stopped at step {trainer.global_step}/{recipe.steps}"
@@ -221,3 +216,14 @@ def build_tiny_model(recipe: TinyRecipe, out_dir: str | Path) -> dict[str, Any]:
         "build_seconds": round(seconds, 1),
         "torch": torch.__version__,
     }
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside the block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

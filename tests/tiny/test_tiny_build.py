@@ -332,3 +332,19 @@ def test_importing_the_package_stays_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_build_that_fails_before_training_restores_the_thread_count(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no batches")
+
+    monkeypatch.setenv("STEERLIGHT_HOME", str(tmp_path))
+    monkeypatch.setattr(train, "PackedBatches", broken)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(train.BUILD_THREADS + 1)  # a count the build does not use
+    try:
+        with pytest.raises(RuntimeError, match="no batches"):
+            tiny_model_path(dataclasses.replace(MICRO, seed=5))
+        assert torch.get_num_threads() == train.BUILD_THREADS + 1
+    finally:
+        torch.set_num_threads(threads)
