@@ -103,8 +103,8 @@ def _convert(file: Path, final: Path, digest: str) -> None:
             raise SteerlightError(
                 f"cannot read GGUF {file}: {err} (pip install gguf accelerate)"
             ) from None
-        except (OSError, ValueError, KeyError) as err:
-            raise _gguf_error(file, err) from None
+        except (OSError, ValueError, KeyError, NotImplementedError, RuntimeError) as err:
+            raise _gguf_error(file, err) from None  # (an unknown quant type, a shape mismatch)
         # The dequantised weights are plain tensors; only the quantizer's markers stop saving.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):

@@ -87,6 +87,23 @@ def test_a_gguf_of_an_architecture_transformers_cannot_read(tmp_path, home):
     assert not any((home / "gguf").iterdir())  # no temporary folder is left behind
 
 
+@pytest.mark.parametrize("error", [NotImplementedError, RuntimeError])
+def test_a_gguf_transformers_fails_on_is_one_line(error, tmp_path, home, monkeypatch):
+    """What Transformers' GGUF reader raises on a quantization type it cannot dequantize
+    (NotImplementedError) or tensors that do not fit the config (RuntimeError)."""
+    from transformers import AutoModelForCausalLM
+
+    def fail(*args, **kwargs):
+        raise error("ggml type 99 is not supported\n(details)")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fail)
+    file = write_gguf(tmp_path / "odd.gguf", "llama")
+    with pytest.raises(SteerlightError, match="ggml type 99 is not supported$") as err:
+        load_model(str(file))
+    assert str(file) in str(err.value)
+    assert not any((home / "gguf").iterdir())
+
+
 @pytest.fixture
 def packaged(tmp_path, monkeypatch):
     """A stand-in alias whose wheel is the package `fake_model_pkg` (installed on demand)."""
