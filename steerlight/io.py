@@ -49,7 +49,15 @@ def plain_file_mode() -> int:
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read the umask is to set it
+    """The process umask, read without changing it where Linux tells it (/proc), else by
+    setting and restoring it (for an instant other threads would create files under 0)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass  # no /proc (macOS), or no Umask line (kernels before 4.7)
+    mask = os.umask(0o077)  # (0o077 rather than 0: a file made meanwhile is private, not open)
     os.umask(mask)
     return mask
 

@@ -246,3 +246,23 @@ def test_a_thread_error_that_is_no_write_error_keeps_its_traceback(capsys, monke
     exit_on_error("steerlight", main)  # returns: the main thread did its work
     assert [e.errno for e in usual] == [errno.EPIPE]
     assert "steerlight: error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_the_umask_is_read_without_being_changed(umask, monkeypatch):
+    """Where /proc tells the umask, reading it never sets it (other threads may be creating
+    files); without /proc it is read by setting it to a private mask and back."""
+    import os
+
+    from steerlight import io
+
+    old = os.umask(umask)
+    try:
+        calls = []
+        real = os.umask
+        monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or real(m))
+        assert io._umask() == umask and calls == []
+        monkeypatch.setattr(io.Path, "read_text", lambda self: (_ for _ in ()).throw(OSError()))
+        assert io._umask() == umask and calls == [0o077, umask]
+    finally:
+        os.umask(old)
