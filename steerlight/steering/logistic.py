@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from steerlight.steering.method import SteeringMethod, register
-from steerlight.steering.pca import paired
+from steerlight.steering.pca import caa_length, paired
 
 
 @dataclass(frozen=True)
@@ -78,5 +78,4 @@ class Logistic(SteeringMethod):
         rows, y = pair_centred(acts, labels, pairs)
         w = logistic_weights(rows, y, key["C"])
         unit = w / w.norm(dim=-1, keepdim=True).clamp(min=1e-30)
-        pos, neg = paired(acts, labels, pairs, self.name)
-        return (unit * (pos - neg).mean(0).norm(dim=-1, keepdim=True)).float()
+        return caa_length(unit, *paired(acts, labels, pairs, self.name))

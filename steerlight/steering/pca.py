@@ -62,6 +62,12 @@ def majority_sign(v: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
     return torch.where((higher >= 0.5)[:, None], v, -v)
 
 
+def caa_length(unit: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    """Unit directions (L, H) scaled per layer to the norm of the mean pair difference (CAA's
+    vector), so every normalization reads as CAA's; float32."""
+    return (unit * (pos - neg).mean(0).norm(dim=-1, keepdim=True)).float()
+
+
 def pca_directions(acts: Tensor, labels: Tensor, pairs: str, center: Center) -> Tensor:
     """Unit first components per layer (L, H), signed by majority vote (float64)."""
     pos, neg = paired(acts, labels, pairs, "pca")
@@ -87,5 +93,4 @@ class PCA(SteeringMethod):
 
     def direction(self, acts: Tensor, labels: Tensor, pairs: str, key: Mapping) -> Tensor:
         v = pca_directions(acts, labels, pairs, key["center"])
-        pos, neg = paired(acts, labels, pairs, self.name)
-        return (v * (pos - neg).mean(0).norm(dim=-1, keepdim=True)).float()
+        return caa_length(v, *paired(acts, labels, pairs, self.name))
