@@ -157,6 +157,20 @@ def test_an_hparams_row_takes_any_setting(tmp_path):
     assert hparams_shown(tmp_path)[0] == ["1 method", "options.pair", "options.x"]
 
 
+def test_a_run_writes_its_hparams_row_once(tmp_path):
+    """Every val round ends an epoch: the row is written at the first, not again at each."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for _ in range(3):
+        figures.log_hparams(writer, {"1 method": "caa", "2 layer": 3})
+    writer.close()
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    tags = [v.tag for e in EventFileLoader(str(events)).Load() for v in e.summary.value]
+    assert tags.count("_hparams_/session_start_info") == 1
+
+
 def test_a_search_from_python_prints_nothing_and_compares_with_the_baseline(
     llama, tmp_path, monkeypatch, capfd
 ):

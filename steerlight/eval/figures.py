@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -73,14 +74,22 @@ def _strength(hparams: Mapping[str, Any], name: str | None) -> float:
     return (dict(hparams.get(group) or {}) if group else hparams).get(key, 0.0)
 
 
+_WITH_HPARAMS: weakref.WeakSet = weakref.WeakSet()
+"""The writers whose run has its HPARAMS row (a run has one, however many rounds it logs)."""
+
+
 def log_hparams(writer, columns: Mapping[str, Any]) -> None:
-    """A run's row in TensorBoard's HPARAMS tab, its metric columns named by `METRICS`.
+    """A run's row in TensorBoard's HPARAMS tab, its metric columns named by `METRICS`; once
+    per writer (the metric values are the scalars', read by TensorBoard as they come).
 
     Written straight to the event file: Lightning's `log_hyperparams(params, metrics)` also
     logs each metric as a scalar, which would put `val/acc` on its chart twice.
     """
     from torch.utils.tensorboard.summary import hparams
 
+    if writer in _WITH_HPARAMS:
+        return
+    _WITH_HPARAMS.add(writer)
     row = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in columns.items()}
     for summary in hparams(row, dict.fromkeys(METRICS, 0.0)):
         writer._get_file_writer().add_summary(summary)
