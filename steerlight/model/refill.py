@@ -9,13 +9,15 @@ to the cache row-wise (`join_cache_rows`). No step decodes a finished row.
 Why the tokens are those of padded batching: each row sees only its own columns (pads are
 masked, position ids come from the mask), so a row's greedy tokens do not depend on its
 neighbours or its padding; the tests check this against `generate` on several architectures.
-Steered rows that joined at different columns get their own prompt widths
-(`Steering.prompt_len` as a (rows,) tensor), so the same columns are steered as in `generate`.
+Rows that joined at different columns get their own prompt widths (`Columns.prompt_len` as a
+(rows,) tensor, for hooks that ask which columns are the prompt's, such as steering's), so the
+same columns are steered as in `generate`.
 
 Prompts are taken longest first, so a later prompt always fits in the running width. Sampling
 and caches whose rows cannot be joined (a model's own cache class or layer kind, static caches,
 models without a cache) use `generate` on `slots` rows at a time, each group as collated alone;
-per-row steering strengths (their rows would move) use it on every row at once.
+rows that must not move (``fixed_rows``: per-row steering strengths) use it on every row at
+once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from steerlight.model.columns import Columns
 from steerlight.model.generation import (
     ChunkForward,
     Generation,
@@ -132,29 +135,32 @@ def refill_generate(
     settings: GenerationSettings | None = None,
     stop_strings: Sequence[str] = (),
     slots: int | None = None,
-    steering: Any = None,
+    columns: Columns | None = None,
     on_finish: Callable[[int], None] | None = None,
+    *,
+    fixed_rows: bool = False,
 ) -> Generation:
     """`generate`'s completions, decoded `slots` rows at a time with row refill.
 
     Args:
         slots: rows decoded at once (default: all; fewer is where refill saves work).
-        steering: the `Steering` of an active `steer` block on `model`, whose prompt widths
+        columns: the `Columns` watching `model` (a `steer` block's), whose prompt widths
             this loop sets per row (its ``prompt_len`` must be the batch's padded width).
         on_finish: called with the number of rows that just finished (progress reports).
+        fixed_rows: every row keeps its place in the batch (per-row steering strengths): no
+            refill, `generate` on every row at once.
     """
     settings = settings or GenerationSettings()
     check_left_padded(input_ids, attention_mask)
     forward = ChunkForward(model, padded=True)
-    per_row = steering is not None and steering.alpha.numel() > 1  # strengths move with rows
     if (
         settings.do_sample
         or forward.cacheless
         or forward.cache_name not in ("cache", "past_key_values")
-        or per_row
+        or fixed_rows
     ):
-        groups = None if per_row else slots  # (per-row strengths: every row at once)
-        args = (input_ids, attention_mask, settings, stop_strings, groups, steering, on_finish)
+        groups = None if fixed_rows else slots  # (rows that must not move: all at once)
+        args = (input_ids, attention_mask, settings, stop_strings, groups, columns, on_finish)
         return _fallback(model, tokenizer, *args)
     eos_ids = stop_token_ids(model, tokenizer)
     eos = set(eos_ids)
@@ -174,13 +180,13 @@ def refill_generate(
         joining, queue = (queue[:free], queue[free:]) if ready else ([], queue)
         logits = None
         if active.index:
-            logits, cache = _step(forward, steering, active, cache)
+            logits, cache = _step(forward, columns, active, cache)
         if joining:
             new_logits, cache = _join(
-                forward, steering, active, cache, prompts, joining, pad_id, prefix
+                forward, columns, active, cache, prompts, joining, pad_id, prefix
             )
             if cache is None:  # not joinable: the whole batch the plain way
-                args = (input_ids, attention_mask, settings, stop_strings, slots, steering)
+                args = (input_ids, attention_mask, settings, stop_strings, slots, columns)
                 return _fallback(model, tokenizer, *args, on_finish)
             logits = new_logits if logits is None else torch.cat([logits, new_logits])
         nxt = logits.argmax(-1)
@@ -190,37 +196,47 @@ def refill_generate(
                 on_finish(len(active.index) - len(keep))
             _keep_rows(active, cache, keep)
             if keep:
-                _trim_pads(active, cache, steering)
+                _trim_pads(active, cache, columns)
     return _collect(done, len(prompts), pad_id, tokenizer, stop_strings, input_ids.device)
 
 
 def _fallback(
-    model, tokenizer, input_ids, attention_mask, settings, stop_strings, slots, steering, on_finish
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    settings: GenerationSettings,
+    stop_strings: Sequence[str],
+    slots: int | None,
+    columns: Columns | None,
+    on_finish: Callable[[int], None] | None,
 ) -> Generation:
     """`generate`, `slots` rows at a time, each group steered at its own prompt width."""
 
     def batch(ids: Tensor, mask: Tensor) -> Generation:
-        _set_widths(steering, ids.shape[1])
+        _set_widths(columns, ids.shape[1])
         return generate(model, tokenizer, ids, mask, settings, stop_strings)
 
     pad_id = pad_token_id(model, tokenizer)
     return in_batches(batch, input_ids, attention_mask, slots, pad_id, on_finish)
 
 
-def _set_widths(steering: Any, widths: Tensor | int) -> None:
-    if steering is not None:
-        steering.prompt_len = widths
+def _set_widths(columns: Columns | None, widths: Tensor | int) -> None:
+    if columns is not None:
+        columns.prompt_len = widths
 
 
-def _step(forward: ChunkForward, steering: Any, active: _Active, cache: Any) -> tuple[Tensor, Any]:
+def _step(
+    forward: ChunkForward, columns: Columns | None, active: _Active, cache: Any
+) -> tuple[Tensor, Any]:
     """One decoding step of the active rows (their last token is not in the cache yet)."""
-    _set_widths(steering, active.prompt_len)
+    _set_widths(columns, active.prompt_len)
     return forward(active.ids, active.mask, cache, 1)
 
 
 def _join(
     forward: ChunkForward,
-    steering: Any,
+    columns: Columns | None,
     active: _Active,
     cache: Any,
     prompts: list[Tensor],
@@ -241,7 +257,7 @@ def _join(
         raise AssertionError("prompts are taken longest first, so they fit the running width")
     # In `generate` the row's prompt ends at its batch's width; here at `width` in its own
     # prefill and at `running` once joined: the steered columns follow each row's prompt end.
-    _set_widths(steering, torch.full((len(joining),), width, dtype=torch.long))
+    _set_widths(columns, torch.full((len(joining),), width, dtype=torch.long))
     reused = prefix and prefix.cache.prefill(forward, rows, prefix.shared, pad_id)
     if reused:
         ids, mask, logits, new_cache = reused
@@ -299,7 +315,7 @@ def _keep_rows(active: _Active, cache: Any, keep: list[int]) -> None:
     active.prompt_len = active.prompt_len[index.cpu()]
 
 
-def _trim_pads(active: _Active, cache: Any, steering: Any) -> None:
+def _trim_pads(active: _Active, cache: Any, columns: Columns | None) -> None:
     """Drop the leading columns that are padding in every row (left by rows that finished).
 
     Masked columns change no row's attention and positions come from the mask, so this is
@@ -316,8 +332,8 @@ def _trim_pads(active: _Active, cache: Any, steering: Any) -> None:
                 setattr(layer, name, t[..., pads:, :])
     active.ids, active.mask = active.ids[:, pads:], active.mask[:, pads:]
     active.prompt_len = active.prompt_len - pads
-    if steering is not None:  # for forwards without a mask (Mamba): the cache's columns
-        steering.track(cache, active.ids.shape[1] - 1)
+    if columns is not None:  # for forwards without a mask (Mamba): the cache's columns
+        columns.track(cache, active.ids.shape[1] - 1)
 
 
 def _collect(

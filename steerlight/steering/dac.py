@@ -82,6 +82,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+from steerlight.model.columns import Columns
 from steerlight.model.generation import (
     ChunkForward,
     Generation,
@@ -95,7 +96,7 @@ from steerlight.model.generation import (
     stop_token_ids,
 )
 from steerlight.steering.dac_strength import clip_alpha, dac_kl
-from steerlight.steering.hooks import POSITIONS, Positions, Steering, steer
+from steerlight.steering.hooks import POSITIONS, Positions, Strength, steer_with
 
 DACVectors = Literal["caa", "icl"]
 
@@ -158,12 +159,22 @@ class DACGeneration(Generation):
 class _Stream:
     """Rows fed the same way at every step (the applied rows, or the p/q rows), with every
     column they hold: ids, mask, strength and vector step. The cache, where the model keeps
-    one, holds the first `cached` columns; the next forward feeds the rest."""
+    one, holds the first `cached` columns; the next forward feeds the rest.
+
+    `strength` is the loop's own `Strength`, which the steering hook reads: each feed sets it
+    to the strengths and vectors of the columns it runs. `columns` is the model's `Columns`
+    (told how many columns a copied cache holds)."""
 
     def __init__(
-        self, forward: ChunkForward, steering: Steering, table: Tensor, ids: Tensor, mask: Tensor
+        self,
+        forward: ChunkForward,
+        strength: Strength,
+        columns: Columns,
+        table: Tensor,
+        ids: Tensor,
+        mask: Tensor,
     ) -> None:
-        self.forward, self.steering, self.table = forward, steering, table
+        self.forward, self.strength, self.columns, self.table = forward, strength, columns, table
         self.ids, self.mask = ids, mask
         self.alphas = torch.zeros(ids.shape, device=ids.device)
         self.steps = torch.zeros(ids.shape[1], dtype=torch.long, device=table.device)
@@ -179,8 +190,8 @@ class _Stream:
         self.alphas = torch.cat([self.alphas, alpha[:, None].expand(-1, t)], dim=1)
         self.steps = torch.cat([self.steps, self.steps.new_full((t,), step)])
         start = 0 if self.forward.cacheless else self.cached
-        self.steering.alpha = self.alphas[:, start:]  # each column keeps its step's steering
-        self.steering.vector = self.table[self.steps[start:].clamp(max=len(self.table) - 1)]
+        self.strength.alpha = self.alphas[:, start:]  # each column keeps its step's steering
+        self.strength.vector = self.table[self.steps[start:].clamp(max=len(self.table) - 1)]
         logits, self.cache = self.forward(
             self.ids, self.mask, self.cache, self.ids.shape[1] - start
         )
@@ -190,12 +201,14 @@ class _Stream:
     def repeated(self, times: int) -> _Stream:
         """A stream holding each row `times` times, in order (row 0, row 0, row 1, ...)."""
         rows = torch.arange(self.ids.shape[0], device=self.ids.device).repeat_interleave(times)
-        twin = _Stream(self.forward, self.steering, self.table, self.ids[rows], self.mask[rows])
+        twin = _Stream(
+            self.forward, self.strength, self.columns, self.table, self.ids[rows], self.mask[rows]
+        )
         twin.alphas, twin.steps = self.alphas[rows], self.steps
         cache = None if self.cache is None else repeat_cache_rows(self.cache, rows)
         if cache is not None:  # else its first forward recomputes every column it holds
             twin.cache, twin.cached = cache, self.cached
-            self.steering.track(cache, self.cached)
+            self.columns.track(cache, self.cached)
         return twin
 
 
@@ -295,9 +308,11 @@ def dac_generate(
     alphas: list[Tensor] = []
     kls: list[Tensor] = []
 
-    with steer(model, layer, vectors[0], 0.0, positions, prompt_len=prompt_len) as steering:
+    strength = Strength(vectors[0], 0.0)  # the loop's: set by each stream's feed
+    with steer_with(model, layer, strength, positions, prompt_len) as steering:
         forward = ChunkForward(model, padded=not bool(attention_mask.all()))
-        applied = _Stream(forward, steering, vectors, input_ids[:, :0], attention_mask[:, :0])
+        empty = (input_ids[:, :0], attention_mask[:, :0])
+        applied = _Stream(forward, strength, steering.columns, vectors, *empty)
         fed, fed_mask = input_ids, attention_mask
         if positions != "all" and prompt_len > 1:  # unsteered columns: shared by the streams
             applied.feed(input_ids[:, :-1], attention_mask[:, :-1], pq_alpha.new_zeros(batch), 0)

@@ -23,9 +23,10 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from steerlight.errors import SteerlightError
+from steerlight.model.columns import Columns
 from steerlight.model.generation import Generation, GenerationSettings
 from steerlight.model.refill import refill_generate
-from steerlight.steering.hooks import Positions, steer
+from steerlight.steering.hooks import Positions, Steering, steer
 from steerlight.steering.scaling import scale_vectors
 
 Kind = Literal["none", "additive", "projection", "gated", "dynamic"]
@@ -220,27 +221,19 @@ def scaled(state: Mapping[str, Tensor], name: str, config: Any) -> Tensor:
 
 
 class SteeringGroup:
-    """The `Steering` objects of several layers, driven as one (prompt widths, caches)."""
+    """The `Steering` objects of several layers, driven as one: one strength, one `Columns`."""
 
-    def __init__(self, parts: Sequence[Any]) -> None:
+    def __init__(self, parts: Sequence[Steering]) -> None:
         self.parts = list(parts)
+        self.columns = self.parts[0].columns
 
     @property
     def alpha(self) -> Tensor:
         return self.parts[0].alpha
 
     @property
-    def prompt_len(self):
-        return self.parts[0].prompt_len
-
-    @prompt_len.setter
-    def prompt_len(self, value) -> None:
-        for part in self.parts:
-            part.prompt_len = value
-
-    def track(self, cache: Any, columns: int) -> None:
-        for part in self.parts:
-            part.track(cache, columns)
+    def per_row(self) -> bool:
+        return self.parts[0].per_row
 
 
 @contextmanager
@@ -252,14 +245,16 @@ def steer_layers(
     positions: Positions,
     prompt_len: int,
     project: bool = False,
-) -> Iterator[Any]:
-    """`steer` at every layer of `layers` (vectors (H,) for one, (k, H) for k), as one object."""
+) -> Iterator[Steering | SteeringGroup]:
+    """`steer` at every layer of `layers` (vectors (H,) for one, (k, H) for k), as one object
+    whose layers share one `Columns` of the model."""
     if len(layers) == 1:
         vectors = vectors.reshape(1, -1)
     with ExitStack() as stack:
+        columns = stack.enter_context(Columns(prompt_len).watch(model))
         parts = [
             stack.enter_context(
-                steer(model, layer, v, alpha, positions, prompt_len=prompt_len, project=project)
+                steer(model, layer, v, alpha, positions, project=project, columns=columns)
             )
             for layer, v in zip(layers, vectors, strict=True)
         ]
@@ -275,5 +270,11 @@ def hooked_generate(call: Call, project: bool) -> Generation:
         call.model, c.layers, call.vector, c.alpha, c.positions, width, project
     ) as steering:
         return refill_generate(
-            *args, call.settings, call.stop_strings, call.slots, steering, call.on_finish
+            *args,
+            call.settings,
+            call.stop_strings,
+            call.slots,
+            steering.columns,
+            call.on_finish,
+            fixed_rows=steering.per_row,
         )

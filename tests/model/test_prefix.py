@@ -84,7 +84,9 @@ def test_reuse_gives_the_plain_tokens_or_falls_back(
         runs = []
         for settings in (PLAIN, replace(PLAIN, prefix_reuse=True)):
             with steer(model, 0, v, alpha, positions, prompt_len=ids.shape[1]) as steering:
-                runs.append(refill_generate(model, tok, ids, mask, settings, (), 2, steering))
+                runs.append(
+                    refill_generate(model, tok, ids, mask, settings, (), 2, steering.columns)
+                )
         assert torch.equal(runs[0].tokens, runs[1].tokens), (positions, alpha)
     used = [c for c in counted if c.reused_tokens]
     skipped = [c.unsupported for c in counted if c.unsupported]
@@ -110,7 +112,9 @@ def test_reuse_equals_generate_and_steering_all_positions_steers_the_prefix(
     for positions in ("prompt_end+generated", "all"):
         with steer(model, 0, v, 1.0, positions, prompt_len=ids.shape[1]) as steering:
             want[positions] = generate(model, tok, ids, mask, PLAIN)
-            got[positions] = refill_generate(model, tok, ids, mask, settings, (), 3, steering)
+            got[positions] = refill_generate(
+                model, tok, ids, mask, settings, (), 3, steering.columns
+            )
         assert torch.equal(got[positions].tokens, want[positions].tokens), positions
     assert not torch.equal(got["all"].tokens, got["prompt_end+generated"].tokens)
     assert all(c.reused_tokens > 0 for c in counted)

@@ -47,7 +47,7 @@ def test_refill_gives_padded_batchings_tokens(
         tok = early_stop_tokenizer(model, tiny_random_tokenizer, ids, mask)
         want = generate(model, tok, ids, mask, settings)
     with steer(model, 0, v, alpha, prompt_len=ids.shape[1]) as steering:
-        got = refill_generate(model, tok, ids, mask, settings, slots=2, steering=steering)
+        got = refill_generate(model, tok, ids, mask, settings, slots=2, columns=steering.columns)
     if alpha:  # the steered columns matter: a wrong per-row width would show
         assert not torch.equal(want.tokens, generate(model, tok, ids, mask, settings).tokens)
     lengths = (want.tokens != tok.pad_token_id).sum(1)
@@ -93,7 +93,9 @@ def test_what_refill_cannot_decode_takes_generate_slots_rows_at_a_time(
                 want.append(generate(model, tok, g_ids, g_mask, settings))
         want = cat_generations(want, tok.pad_token_id)
         with steer(model, 0, v, alpha, prompt_len=ids.shape[1]) as steering:
-            got = refill_generate(model, tok, ids, mask, settings, slots=2, steering=steering)
+            got = refill_generate(
+                model, tok, ids, mask, settings, slots=2, columns=steering.columns
+            )
         assert torch.equal(got.tokens, want.tokens) and got.texts == want.texts, arch
     # and the width matters: the narrowest group steered at the whole batch's width differs
     i = min(range(len(groups)), key=lambda i: groups[i][0].shape[1])
@@ -128,7 +130,7 @@ def test_per_row_prompt_widths_steer_each_rows_own_columns(
                 alone = model(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1]).logits
             torch.testing.assert_close(both[i : i + 1], alone, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="rows"), steer(model, 0, v, 1.0, prompt_len=3) as s:
-        s.prompt_len = torch.tensor([[3]])
+        s.columns.prompt_len = torch.tensor([[3]])
     with pytest.raises(ValueError, match="prompt widths"), torch.no_grad():
         with steer(model, 0, v, 1.0, prompt_len=torch.tensor([3, 3])):
             model(input_ids=ids, attention_mask=mask)
@@ -143,7 +145,14 @@ def test_per_row_strengths_take_generate(tiny_random_model, tiny_random_tokenize
     with steer(model, 0, v, alpha, prompt_len=ids.shape[1]) as steering:
         want = generate(model, tiny_random_tokenizer, ids, mask, settings)
         got = refill_generate(
-            model, tiny_random_tokenizer, ids, mask, settings, slots=2, steering=steering
+            model,
+            tiny_random_tokenizer,
+            ids,
+            mask,
+            settings,
+            slots=2,
+            columns=steering.columns,
+            fixed_rows=steering.per_row,
         )
     assert torch.equal(got.tokens, want.tokens)
 

@@ -177,9 +177,9 @@ def test_prefix_reuse_gives_the_plain_tokens_on_few_shot_prompts(smollm2, gsm8k_
     v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     stop = list(get_preset("gsm8k").stop)
     with steer(model, LAYER, v, 4.0, prompt_len=ids.shape[1]) as s:
-        want = refill_generate(model, tok, ids, mask, plain, stop, 2, s)
+        want = refill_generate(model, tok, ids, mask, plain, stop, 2, s.columns)
     with steer(model, LAYER, v, 4.0, prompt_len=ids.shape[1]) as s:
-        got = refill_generate(model, tok, ids, mask, fast, stop, 2, s)
+        got = refill_generate(model, tok, ids, mask, fast, stop, 2, s.columns)
     assert torch.equal(got.tokens, want.tokens) and got.texts == want.texts
     (used,) = [c for c in made if c.prefilled_tokens]
     assert used.prefilled_tokens > 300 and used.reused_tokens == 3 * used.prefilled_tokens

@@ -351,7 +351,7 @@ def test_cache_filled_outside_the_block_counts_or_needs_a_length(model_for, tiny
             uncounted = _without_length(copy.deepcopy(cache_))
             with pytest.raises(RuntimeError, match="reports no length"):
                 model(input_ids=ids[:, -1:], cache=copy.deepcopy(uncounted))
-            s.track(uncounted, ids.shape[1] - 1)
+            s.columns.track(uncounted, ids.shape[1] - 1)
             tracked = model(input_ids=ids[:, -1:], cache=uncounted).logits[:, -1]
             if hasattr(cache_.layers[0], "cumulative_length_linear"):
                 assert int(cache_.get_seq_length()) == ids.shape[1] - 1
@@ -389,7 +389,7 @@ def test_per_column_strengths_and_vectors(model_for, tiny_random_tokenizer):
 def test_column_counter_holds_caches_weakly():
     import gc
 
-    from steerlight.steering.hooks import _ColumnCounter
+    from steerlight.model.columns import _ColumnCounter
 
     class Cache:  # any object a model passes around as its cache
         pass
