@@ -210,7 +210,7 @@ class SteeredLM(pl.LightningModule):
         )
         chat = self.preset.name == "chat"  # a chat template brings its own special tokens
         args = (self.model, self.tokenizer, texts, lens, hp.read_position, not chat)
-        self._fit.add(solution_activations(*args), labels)
+        self._fit.add(solution_activations(*args, self._fit.prefixes), labels)
 
     def on_train_epoch_end(self) -> None:
         self._finish_fit()

@@ -95,17 +95,16 @@ class PrefixCache:
     def prefill(
         self, forward: ChunkForward, prompts: list[Tensor], shared: int, pad_id: int
     ) -> tuple[Tensor, Tensor, Tensor, Any] | None:
-        """Prefill `prompts` (1-D ids) on their first `shared` tokens' cache.
+        """Prefill `prompts` (1-D ids) on the cache of (at most) their first `shared` tokens.
 
         Returns (ids, mask, next-token logits, cache) with the rows laid out as the module
         docstring shows (width: the longest prompt), or None where reuse does not apply (a
         prefix under `MIN_PREFIX` tokens, or a model where it would not be exact).
         """
-        if self.unsupported is not None or shared < MIN_PREFIX:
+        shared = self.cache_of(forward, prompts[0][:shared])
+        if not shared:
             return None
-        prefix = self._cache_of(forward, prompts[0][:shared])
-        if prefix is None:
-            return None
+        prefix = self._cache
         index = torch.zeros(len(prompts), dtype=torch.long, device=prompts[0].device)
         cache = repeat_cache_rows(prefix, index)
         own = [p[shared:] for p in prompts]
@@ -119,11 +118,16 @@ class PrefixCache:
         self.reused_tokens += shared * len(prompts)
         return ids, mask, logits, cache
 
-    def _cache_of(self, forward: ChunkForward, ids: Tensor) -> Any | None:
-        """The cache of `ids` (one row), run once and kept; None where reuse is not exact."""
+    def cache_of(self, forward: ChunkForward, ids: Tensor) -> int:
+        """How many leading tokens of `ids` the kept cache holds: the kept prefix where it
+        starts `ids` (another batch's, whose shared part ran a token further or shorter), else
+        `ids` run now as one row and kept. 0: under `MIN_PREFIX` tokens, or reuse not exact."""
+        if self.unsupported is not None or len(ids) < MIN_PREFIX:
+            return 0
         key = tuple(ids.tolist())
-        if key == self._key:
-            return self._cache
+        n = len(self._key)
+        if n >= MIN_PREFIX and key[:n] == self._key:
+            return n
         row = ids[None]
         _, cache = forward(row, torch.ones_like(row), None, len(ids))
         self.prefilled_tokens += len(ids)
@@ -132,6 +136,6 @@ class PrefixCache:
             self.unsupported = why
             name = getattr(forward.model.config, "model_type", type(forward.model).__name__)
             log.info("%s: no shared-prefix reuse (%s); every prompt is prefilled whole", name, why)
-            return None
+            return 0
         self._key, self._cache = key, cache
-        return cache
+        return len(key)

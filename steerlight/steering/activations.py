@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from steerlight.io import atomic_path
+from steerlight.model.generation import ChunkForward, position_ids_from_mask
 from steerlight.model.layers import decoder_layers, layer_hidden_states
+from steerlight.model.prefix import PrefixCache, common_prefix
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +57,73 @@ def read_layers(
 
 @torch.no_grad()
 def read_activations(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, read_mask: Tensor
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    read_mask: Tensor,
+    prefixes: PrefixCache | None = None,
 ) -> Tensor:
     """Every decoder layer's output, reduced over the positions in `read_mask`: (B, L, H) fp32.
 
     The reduction is a masked mean; pass a one-hot `read_mask` to read a single position.
     Logits are computed for the last position only where the model allows it: over every
     position they were a third of the pass on a 32k-vocabulary Llama (`scripts/bench`).
+
+    With `prefixes`, the tokens every row shares before its first read position (few-shot
+    exemplars) run once, kept in `prefixes` for the next batches, and each row reads only its
+    own tokens on top of them (`steerlight.model.prefix`; the plain pass where it does not
+    apply).
     """
     n = len(decoder_layers(model))
     weights = read_mask.float() / read_mask.sum(1, keepdim=True).clamp(min=1)
+    shared, forward = _shared_prefix(model, input_ids, attention_mask, read_mask, prefixes)
 
     def masked_mean(hidden: Tensor) -> Tensor:
-        return torch.einsum("bth,bt->bh", hidden, weights.to(hidden.device))
+        w = weights[:, weights.shape[1] - hidden.shape[1] :]  # (the own tokens: last columns)
+        return torch.einsum("bth,bt->bh", hidden, w.to(hidden.device))
 
     with read_layers(model, range(n), masked_mean) as out:
-        model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            use_cache=False,
-            **skip_logits_kwargs(model),
-        )
+        rows = [row[m.bool()] for row, m in zip(input_ids, attention_mask, strict=True)]
+        if not shared or prefixes.prefill(forward, rows, shared, 0) is None:
+            model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                use_cache=False,
+                **skip_logits_kwargs(model),
+                **position_kwargs(model, attention_mask),
+            )
     return torch.stack([out[i] for i in range(n)], dim=1)
+
+
+def _shared_prefix(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    read_mask: Tensor,
+    prefixes: PrefixCache | None,
+) -> tuple[int, ChunkForward | None]:
+    """How many leading tokens of every row run once (0: none), their cache already in
+    `prefixes` (run here, outside the layer readers, which read the rows' own tokens only)."""
+    if prefixes is None or prefixes.unsupported is not None:
+        return 0, None
+    rows = [row[m.bool()] for row, m in zip(input_ids, attention_mask, strict=True)]
+    pads = attention_mask.shape[1] - attention_mask.sum(1)
+    first_read = (read_mask.int().argmax(1) - pads).min()  # (a row's own index of its first read)
+    shared = min(common_prefix(rows), int(first_read))
+    forward = ChunkForward(model, padded=True)
+    return prefixes.cache_of(forward, rows[0][: max(shared, 0)]), forward
+
+
+def position_kwargs(model: nn.Module, attention_mask: Tensor) -> dict[str, Tensor]:
+    """Position ids from the mask, as generation gives them (a row's positions do not depend
+    on its left padding: models with absolute position embeddings count pads otherwise)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return (
+        {"position_ids": position_ids_from_mask(attention_mask)} if "position_ids" in params else {}
+    )
 
 
 def skip_logits_kwargs(model: nn.Module) -> dict[str, int]:

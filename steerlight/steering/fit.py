@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from steerlight.errors import SteerlightError
+from steerlight.model.prefix import PrefixCache
 from steerlight.steering import method as methods
 from steerlight.steering.activations import (
     ActivationCache,
@@ -75,8 +76,10 @@ def solution_activations(
     prompt_lens: Sequence[int],
     read_position: ReadPosition,
     add_special_tokens: bool = True,
+    prefixes: PrefixCache | None = None,
 ) -> Tensor:
-    """All-layer activations read over each text's solution span: (B, L, H) fp32 on the CPU."""
+    """All-layer activations read over each text's solution span: (B, L, H) fp32 on the CPU.
+    `prefixes` keeps the prompts' shared prefix (few-shot exemplars) across batches."""
     device = next(model.parameters()).device
     enc = tokenizer(
         list(texts), padding=True, return_tensors="pt", add_special_tokens=add_special_tokens
@@ -84,7 +87,7 @@ def solution_activations(
     mask = enc["attention_mask"]
     start = mask.shape[1] - mask.sum(1) + torch.tensor(list(prompt_lens), device=device)
     read = read_mask_for(mask, start.clamp(max=mask.shape[1] - 1), read_position)
-    return read_activations(model, enc["input_ids"], mask, read).cpu()
+    return read_activations(model, enc["input_ids"], mask, read, prefixes).cpu()
 
 
 def fit_state(
@@ -127,6 +130,7 @@ class TrainFit:
         self._cached = None if self.state is not None else cache.load(key)
         self._acts: list[Tensor] = []
         self._labels: list[Tensor] = []
+        self.prefixes = PrefixCache()  # the train prompts' shared prefix, run once per fit
 
     @property
     def collecting(self) -> bool:

@@ -128,3 +128,32 @@ def test_short_shared_prefixes_are_prefilled_whole(
     settings = replace(PLAIN, prefix_reuse=True)
     refill_generate(model, tok, enc.input_ids, enc.attention_mask, settings)
     assert counted and all(c.prefilled_tokens == 0 and c.reused_tokens == 0 for c in counted)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2_moe", "gemma2"])
+@pytest.mark.parametrize("how", ["mean", "last"])
+def test_activation_reading_on_a_shared_prefix(arch, how, tiny_random_model, tiny_random_tokenizer):
+    """Train-side reading (prompt + solution texts): the shared prefix runs once across
+    batches, and every layer's activations over the solution equal the plain pass's (to float
+    noise); where reuse is not exact (gemma2's window) the pass is the plain one."""
+    from steerlight.steering.fit import solution_activations
+
+    model, tok = tiny_random_model(arch), tiny_random_tokenizer
+    texts = [SHARED + q + " The answer is 4." for q in QUESTIONS]
+    lens = [len(tok(SHARED + q)["input_ids"]) for q in QUESTIONS]
+    plain = solution_activations(model, tok, texts, lens, how)
+    prefixes = PrefixCache()
+    fast = torch.cat(
+        [
+            solution_activations(model, tok, texts[i : i + 2], lens[i : i + 2], how, True, prefixes)
+            for i in range(0, len(texts), 2)
+        ]
+    )
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    if arch == "gemma2":
+        assert prefixes.unsupported and prefixes.reused_tokens == 0
+    else:
+        shared = common_prefix([torch.tensor(tok(t)["input_ids"]) for t in texts])
+        assert prefixes.prefilled_tokens >= MIN_PREFIX  # once, for all three batches
+        assert prefixes.reused_tokens == prefixes.prefilled_tokens * len(texts)
+        assert prefixes.prefilled_tokens <= shared
