@@ -44,6 +44,11 @@ __all__ = ["PatternStop", "Stop", "StopMatcher", "cut_at_stop"]  # (stops.py; im
 log = logging.getLogger(__name__)
 
 
+SPEED_ONLY = ("prefix_reuse",)
+"""`GenerationSettings` fields that change how fast tokens come, never which (the tests hold
+each fast path to the plain path's tokens): a study resumed with other values still compares."""
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """How completions are decoded."""

@@ -316,7 +316,11 @@ def fitting_rounds(config: dict, rounds: int, name: str = "") -> int:
 
 def comparable_settings(config: dict, options: SearchOptions) -> dict[str, Any]:
     """What the study's values are measured over: the val questions, the model, the rounds."""
-    data, model = config.get("data", {}), config.get("model", {})
+    from steerlight.model.generation import SPEED_ONLY
+
+    data, model = config.get("data", {}), dict(config.get("model", {}))
+    if isinstance(model.get("generation"), dict):
+        model["generation"] = {k: v for k, v in model["generation"].items() if k not in SPEED_ONLY}
     return {
         **{f"data.{k}": data.get(k) for k in COMPARABLE_DATA},
         **{f"model.{k}": model.get(k) for k in COMPARABLE_MODEL},

@@ -23,3 +23,16 @@ def test_rounds_fit_the_batch(data, rounds, want, caplog):
     with caplog.at_level("INFO", logger="steerlight.search"):
         assert fitting_rounds({"data": data}, rounds, "s") == want
     assert ("instead of --rounds" in caplog.text) == (want < rounds)
+
+
+def test_speed_only_generation_settings_do_not_split_a_study():
+    """A study scored before a fast path existed resumes with it on (same tokens, per the
+    fast paths' tests); a setting that changes tokens still makes a resume incomparable."""
+    from steerlight.search.study import SearchOptions, comparable_settings
+
+    def settings(**generation):
+        config = {"model": {"generation": {"max_new_tokens": 8, **generation}}}
+        return comparable_settings(config, SearchOptions())
+
+    assert settings(prefix_reuse=False) == settings(prefix_reuse=True) == settings()
+    assert settings(max_new_tokens=9) != settings()
