@@ -9,9 +9,10 @@ rounds interleaved:
 - ``gsm8k`` 5-shot: about 800 prompt tokens, of which the five exemplars are shared;
 - ``chat`` zero-shot: the chat template's system turn is the shared part, the answer is long.
 
-The plain path is steerlight with ``prefix_reuse: false`` at ``--real-batch`` rows (the
-configs' 8); the fast path reuses the shared prefix at the batch ``data.batch_size: auto``
-measures (`steerlight.model.batch_size`). Both must give the same tokens
+The plain path is steerlight with ``prefix_reuse: false`` and ``cache_in_place: false`` (the
+dynamic cache Transformers copies at every step) at ``--real-batch`` rows (the configs' 8);
+the fast path reuses the shared prefix, writes the cache in place, at the batch
+``data.batch_size: auto`` measures (`steerlight.model.batch_size`). Both must give the same tokens
 (``tokens_identical``). A forward hook splits each pass into prefill (forwards of several
 columns) and decode (one column) time, and generated tokens/s are set against the compute
 limit: FLOPs per token (2 x parameters) x tokens/s over the machine's matmul rate measured
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from common import Result, median, n_params, timed_rounds
 
-PLAIN, FAST = "plain", "prefix reuse"
+PLAIN, FAST = "plain", "fast"
 TARGETS = {"gsm8k": 2.5, "chat": 1.5}
 FORMS = {"gsm8k": 5, "chat": 0}
 """Prompt preset -> few-shot exemplars."""
@@ -188,8 +189,10 @@ def bench_real(args: argparse.Namespace, device: torch.device) -> Result:
 
     model = load_model(args.real_model, dtype=args.dtype).to(device)
     tok = load_tokenizer(args.real_model)
-    plain = GenerationSettings(max_new_tokens=args.real_new_tokens, prefix_reuse=False)
-    settings = {PLAIN: plain, FAST: replace(plain, prefix_reuse=True)}
+    plain = GenerationSettings(
+        max_new_tokens=args.real_new_tokens, prefix_reuse=False, cache_in_place=False
+    )
+    settings = {PLAIN: plain, FAST: replace(plain, prefix_reuse=True, cache_in_place=True)}
     chat = bool(getattr(tok, "chat_template", None))  # (a model without one: 5-shot only)
     presets = [p for p in FORMS if chat or p != "chat"]
     forms = {p: measure_form(args, device, model, tok, settings, p) for p in presets}

@@ -44,7 +44,7 @@ __all__ = ["PatternStop", "Stop", "StopMatcher", "cut_at_stop"]  # (stops.py; im
 log = logging.getLogger(__name__)
 
 
-SPEED_ONLY = ("prefix_reuse",)
+SPEED_ONLY = ("prefix_reuse", "cache_in_place")
 """`GenerationSettings` fields that change how fast tokens come, never which (the tests hold
 each fast path to the plain path's tokens): a study resumed with other values still compares."""
 
@@ -67,6 +67,10 @@ class GenerationSettings:
     """Run the token prefix every prompt of a batch shares (few-shot exemplars, a system turn)
     once and start each row from a copy of its cache: the same tokens, a fraction of the
     prefill (`steerlight.model.prefix`; full-attention models, greedy row-refill decoding)."""
+    cache_in_place: bool = True
+    """Write each step's keys and values into spare room of the KV cache's buffers instead of
+    copying the whole cache per step as Transformers' dynamic cache does: the same tokens, a
+    faster decode (`steerlight.model.growing`; greedy row-refill decoding)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

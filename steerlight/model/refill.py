@@ -42,6 +42,7 @@ from steerlight.model.generation import (
     pad_token_id,
     stop_token_ids,
 )
+from steerlight.model.growing import GrowingLayer, grow_in_place
 from steerlight.model.prefix import PrefixCache, common_prefix
 
 JOINABLE = (
@@ -68,7 +69,8 @@ def joinable(cache: Any) -> bool:
         type(cache) is cache_utils.DynamicCache
         and bool(layers)
         and all(
-            type(layer).__name__ in JOINABLE and type(layer).__module__ == cache_utils.__name__
+            type(layer) is GrowingLayer
+            or (type(layer).__name__ in JOINABLE and type(layer).__module__ == cache_utils.__name__)
             for layer in layers
         )
     )
@@ -183,8 +185,9 @@ def refill_generate(
             logits, cache = _step(forward, columns, active, cache)
         if joining:
             new_logits, cache = _join(
-                forward, columns, active, cache, prompts, joining, pad_id, prefix
-            )
+                forward, columns, active, cache, prompts, joining, pad_id, prefix,
+                grow=settings.cache_in_place,
+            )  # fmt: skip
             if cache is None:  # not joinable: the whole batch the plain way
                 args = (input_ids, attention_mask, settings, stop_strings, slots, columns)
                 return _fallback(model, tokenizer, *args, on_finish)
@@ -243,6 +246,8 @@ def _join(
     joining: list[int],
     pad_id: int,
     prefix: _Prefix | None = None,
+    *,
+    grow: bool = True,
 ) -> tuple[Tensor | None, Any]:
     """Prefill the `joining` prompts (padded to the longest of them; on the shared `prefix`'s
     cache where there is one) and add them to the active rows, whose running width they fit
@@ -267,7 +272,7 @@ def _join(
     if not joinable(new_cache):
         return None, None
     if not active.index:  # nothing in flight: the new rows' cache is the cache
-        cache = new_cache
+        cache = grow_in_place(new_cache) if grow else new_cache
         active.ids, active.mask = ids[:0], mask[:0]
     else:
         join_cache_rows(cache, new_cache)

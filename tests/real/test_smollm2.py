@@ -155,10 +155,10 @@ def test_stop_strings_cut_real_completions_where_lm_eval_would(smollm2, batch, p
     assert (got.tokens[0] != tok.pad_token_id).sum() < (plain.tokens[0] != tok.pad_token_id).sum()
 
 
-def test_prefix_reuse_gives_the_plain_tokens_on_few_shot_prompts(smollm2, gsm8k_dir, monkeypatch):
+def test_the_fast_paths_give_the_plain_tokens_on_few_shot_prompts(smollm2, gsm8k_dir, monkeypatch):
     """Few-shot prompts (two exemplars, three questions of different lengths) share their
-    exemplars: the shared prefix runs once, and refill gives the plain prefill's tokens, steered
-    at the prompt's end."""
+    exemplars: the shared prefix runs once, the cache grows in place, and refill gives the
+    plain path's tokens, steered at the prompt's end."""
     from dataclasses import replace
 
     from steerlight.model import refill
@@ -173,7 +173,8 @@ def test_prefix_reuse_gives_the_plain_tokens_on_few_shot_prompts(smollm2, gsm8k_
     dm.setup("validate")
     step = dm.collate(dm.splits["val"])
     ids, mask = step["input_ids"], step["attention_mask"]
-    plain, fast = replace(SETTINGS, prefix_reuse=False), replace(SETTINGS, prefix_reuse=True)
+    plain = replace(SETTINGS, prefix_reuse=False, cache_in_place=False)
+    fast = replace(SETTINGS, prefix_reuse=True, cache_in_place=True)
     v = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     stop = list(get_preset("gsm8k").stop)
     with steer(model, LAYER, v, 4.0, prompt_len=ids.shape[1]) as s:
