@@ -30,6 +30,11 @@ hits both alike, and reports medians. One module per part, in this folder:
    report says where it is not and why), written as a figure beside ``--out``
    (``<stem>.growth.png``); and the peak memory of CAA vs DAC (three KV caches) at batch 32 with
    1,024-token prompts (peak tensor bytes). Target: DAC <= 3x CAA's memory, R^2 >= 0.99.
+9. ``real`` (`real.py`): a 5-shot and a chat val pass of real GSM8K questions on SmolLM2-135M,
+   steerlight's fast path vs its plain path, same tokens. Targets: 5-shot >= 2.5x, chat >= 1.5x.
+10. ``curves`` (`curves.py`): val-pass time against questions and shared-prefix length for the
+   plain path, prefix reuse and the fast path (prefix reuse + the cache written in place), on
+   few-shot shaped prompts and a small random Llama; a figure beside ``--out``.
 
 Parts 1, 3 and 4 use a random-weight Llama (default about 58M parameters; ``--hidden``,
 ``--layers`` scale it up on a GPU), part 8 the same model at the sizes it sweeps
@@ -65,6 +70,7 @@ import torch
 from bench_models import RandomBench, random_bench, resolve_tiny
 from cache import bench_cache
 from common import DTYPES, ROOT, Result, machine, markdown
+from curves import bench_curves
 from dac_cost import dac_contenders, dac_result
 from extraction import bench_activations
 from generation import CAA, Contender, generation_batch, timed_generation
@@ -79,7 +85,9 @@ from trial import bench_trial
 if str(ROOT) not in sys.path:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
-PARTS = ("hook", "trial", "activations", "dac", "pruning", "cache", "refill", "growth", "real")
+PARTS = (
+    "hook", "trial", "activations", "dac", "pruning", "cache", "refill", "growth", "real", "curves"
+)  # fmt: skip
 ORDER = (
     "hook_overhead",
     "trial_cost",
@@ -90,6 +98,7 @@ ORDER = (
     "refill",
     "growth",
     "real",
+    "curves",
 )
 """The report's order of results, one per part."""
 
@@ -250,6 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--real-batch", type=int, default=8, help="the plain path's rows decoded at once"
     )
     g.add_argument("--real-new-tokens", type=int, default=256, help="max new tokens per answer")
+    g = p.add_argument_group("cost curves (part curves: few-shot shaped prompts, random Llama)")
+    g.add_argument(
+        "--curves-questions",
+        type=_sizes,
+        default=(16, 32, 64, 128),
+        help="questions of the questions sweep (comma-separated), at the longest prefix",
+    )
+    g.add_argument(
+        "--curves-prefix",
+        type=_sizes,
+        default=(64, 256, 512, 1024),
+        help="shared-prefix tokens of the prefix sweep (comma-separated)",
+    )
+    g.add_argument(
+        "--curves-at-questions", type=int, default=32, help="questions of the prefix sweep"
+    )
+    g.add_argument("--curves-hidden", type=int, default=256, help="hidden size of the model")
+    g.add_argument("--curves-layers", type=int, default=4, help="decoder layers of the model")
+    g.add_argument("--curves-vocab", type=int, default=8000, help="vocabulary of the model")
+    g.add_argument("--curves-slots", type=int, default=16, help="rows decoded at once")
+    g.add_argument("--curves-new-tokens", type=int, default=32, help="new tokens per answer")
+    g.add_argument("--curves-repeats", type=int, default=3, help="timed repeats per point")
     return p
 
 
@@ -295,6 +326,15 @@ QUICK = {
     "real_questions": 4,
     "real_batch": 2,
     "real_new_tokens": 8,
+    "curves_questions": (4, 8),
+    "curves_prefix": (16, 32),
+    "curves_at_questions": 4,
+    "curves_hidden": 32,
+    "curves_layers": 2,
+    "curves_vocab": 500,
+    "curves_slots": 2,
+    "curves_new_tokens": 4,
+    "curves_repeats": 1,
 }
 """What --quick changes (each field only where it would be larger; a sweep where its largest
 size would be)."""
@@ -395,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "real" in args.parts:
             _progress("real model: a val pass, fast vs plain path", started)
             results.append(bench_real(args, device))
+        if "curves" in args.parts:
+            _progress("cost curves: val-pass time vs questions and prompt length", started)
+            results.append(bench_curves(args, device))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results.sort(key=lambda r: ORDER.index(r.name))

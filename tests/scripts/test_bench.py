@@ -26,6 +26,7 @@ BENCHMARKS = {
     "refill",
     "growth",
     "real",
+    "curves",
 }
 
 
@@ -87,6 +88,12 @@ def test_quick_benchmark_writes_every_ratio(tmp_path: Path, gsm8k_dir: Path) -> 
             assert {"slope_s", "intercept_s", "r2", "bend"} <= set(fit), (name, method)
     for fit in growth["fits"]["hidden"].values():
         assert math.isfinite(fit["exponent"])
+    curves = report["benchmarks"]["curves"]["details"]
+    assert curves["tokens_identical"] is True, "every decoding path gives the plain path's tokens"
+    assert Path(curves["figure"]) == tmp_path / "bench.curves.png"
+    for name, sweep in curves["sweeps"].items():
+        assert len(sweep) >= 2 and all(set(pt["seconds"]) == set(curves["fits"][name])
+                                       for pt in sweep.values()), name  # fmt: skip
     memory = growth["memory"]
     assert set(memory["extra_peak_mib"]) == methods
     kv = memory["kv_cache_mib_analytic"]
@@ -99,7 +106,7 @@ def test_quick_benchmark_writes_every_ratio(tmp_path: Path, gsm8k_dir: Path) -> 
         BENCHMARKS
     )
     written = {p.name for p in tmp_path.iterdir()} - {"home"}  # (the run's $STEERLIGHT_HOME)
-    assert written == {"bench.json", "bench.md", "bench.growth.png"}, (
+    assert written == {"bench.json", "bench.md", "bench.growth.png", "bench.curves.png"}, (
         "nothing else lands in the caller's folder"
     )
 
