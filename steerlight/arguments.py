@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -15,20 +14,27 @@ from steerlight.io import read_config
 
 class ConfigFile(ActionConfigFile):
     """`--config FILE`, read by steerlight first: a missing file, a folder, YAML that does not
-    parse or is not a mapping is one line naming the file (jsonargparse's names neither)."""
+    parse or is not a mapping is one line naming the file (jsonargparse's names neither).
+    Inside `flags_only` the files are passed over: a parse then applies the flags alone."""
+
+    _passed_over = False
 
     def __call__(self, parser, cfg, values, option_string=None):
+        if ConfigFile._passed_over:
+            return
         read_config(values)
         super().__call__(parser, cfg, values, option_string)
 
-
-def model_flags(args: Any) -> set[str]:
-    """The `--model.*` keys typed on a command line (none in a dict). The one look at argv:
-    jsonargparse keeps no record of whether a value came from a flag or a config file, and a
-    checkpoint's arguments beat the config files but not the flags."""
-    if not isinstance(args, (list, tuple)):
-        return set()
-    return {a[len("--model.") :].split("=")[0] for a in args if a.startswith("--model.")}
+    @staticmethod
+    @contextmanager
+    def flags_only() -> Iterator[None]:
+        """Parses inside the block apply a command line's flags, not its config files (how a
+        checkpoint's saved arguments rank above the config files and below the flags)."""
+        ConfigFile._passed_over = True
+        try:
+            yield
+        finally:
+            ConfigFile._passed_over = False
 
 
 @contextmanager

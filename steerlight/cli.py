@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from steerlight import layout
-from steerlight.arguments import ConfigFile, explain, model_flags, one_line_errors
+from steerlight.arguments import ConfigFile, explain, one_line_errors
 from steerlight.checkpoint import SteeringCheckpoint, check_checkpoint
 from steerlight.console import lightning_notice
 from steerlight.data.datamodule import GSM8KDataModule
@@ -177,27 +176,32 @@ class SteerlightCLI(LightningCLI):
         return str(ckpt)
 
     def before_instantiate_classes(self) -> None:
-        """The checkpoint to validate or test, and the model arguments it saved, except those
-        given as `--model.*` flags (``test --ckpt best --model.alpha 3`` tests alpha 3)."""
+        """The checkpoint to validate or test, and the model arguments it saved: above the
+        config files, below the flags (``test --ckpt best --model.alpha 3`` tests alpha 3).
+        The flags are jsonargparse's: the command line parsed again over the saved arguments
+        with its config files passed over."""
         import torch
-        from jsonargparse import ArgumentError
+        from jsonargparse import ArgumentError, Namespace
 
         path, sub = self._checkpoint, self.subcommand
         if not path:
             return
         self.config[sub].ckpt_path = path
         saved = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters")
-        flags = model_flags(sys.argv[1:] if self._args is None else self._args)
-        kept = {k: v for k, v in (saved or {}).items() if k not in flags and k != "_instantiator"}
+        kept = {k: v for k, v in (saved or {}).items() if k != "_instantiator"}
         if not kept:
             return
         try:
-            self.config = self.parser.parse_object({sub: {"model": kept}}, self.config)
+            config = self.parser.parse_object({sub: {"model": kept}}, self.config)
+            if not isinstance(self._args, (dict, Namespace)):  # (a dict holds no flags)
+                with ConfigFile.flags_only():
+                    config = self.parser.parse_args(self._args, namespace=config)
         except ArgumentError as err:
             raise SteerlightError(
                 f"checkpoint {path} holds model arguments this steerlight does not accept "
                 f"({explain(str(err), self.parser)}); fit a new checkpoint"
             ) from None
+        self.config[sub].model = config[sub].model
 
     def instantiate_classes(self) -> None:
         """Lightning's, with a bad value caught by a class (a settings group's check, the

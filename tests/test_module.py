@@ -255,6 +255,13 @@ def test_cli_fit_validate_test(llama, tmp_path, caplog):
         ["test", "--config", str(config), "--ckpt_path", ckpt, "--model.alpha", "0.5"]
     )
     assert flagged.model.hparams.alpha == 0.5 and flagged.model.hparams.layer == 1
+    # The saved arguments rank above config files: another file's layer and alpha lose to
+    # the checkpoint's, and a flag in jsonargparse's `=` spelling still wins.
+    other = tmp_path / "other.yaml"
+    other.write_text("model:\n  layer: 0\n  alpha: 1.0\n")
+    ranked = cli_main(["test", "--config", str(config), "--config", str(other),
+                       "--ckpt_path", ckpt, "--model.alpha=0.25"])  # fmt: skip
+    assert ranked.model.hparams.layer == 1 and ranked.model.hparams.alpha == 0.25
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -1,6 +1,8 @@
-"""Part ``cache``: plain generation with Transformers' default (dynamic) cache, which steerlight
-uses, vs ``cache_implementation="static"``, on both bench models. (Commit 63242ac's version
-also timed steerlight's former in-place `PreallocatedLayer`: the run that removed it.)
+"""Part ``cache``: plain generation with Transformers' default (dynamic) cache, which
+steerlight's `generate` uses, vs ``cache_implementation="static"``, on both bench models.
+(Commit 63242ac's version also timed steerlight's former in-place `PreallocatedLayer`, which
+lost on these short prompts and was removed; the refill loop's `GrowingLayer` came back for
+long ones, measured by parts ``real`` and ``curves``.)
 
 Same prompts, same `GenerationConfig` (steerlight's), greedy; every cache must give the same
 tokens. Reported ratio: the dynamic cache's time over the fastest other (<= 1.05: keep it).

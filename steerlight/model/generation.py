@@ -256,13 +256,18 @@ def output_cache(output: Any) -> Any:
 def reorderable(cache: Any) -> bool:
     """Whether ``cache.reorder_cache`` moves every bit of its state: Transformers' own
     `DynamicCache` made of its own dynamic layer kinds (attention, sliding-window, state-space
-    and hybrid). A model's own cache class or layer kind (``minimax``, ``deepseek_v4``) may keep
-    state that a reorder misses."""
+    and hybrid) or of `GrowingLayer`s. A model's own cache class or layer kind (``minimax``,
+    ``deepseek_v4``) may keep state that a reorder misses."""
     from transformers import cache_utils
 
+    from steerlight.model.growing import GrowingLayer
+
     return type(cache) is cache_utils.DynamicCache and all(
-        type(layer).__module__ == cache_utils.__name__
-        and not isinstance(layer, cache_utils.StaticLayer)
+        type(layer) is GrowingLayer
+        or (
+            type(layer).__module__ == cache_utils.__name__
+            and not isinstance(layer, cache_utils.StaticLayer)
+        )
         for layer in cache.layers
     )
 

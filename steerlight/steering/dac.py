@@ -95,6 +95,7 @@ from steerlight.model.generation import (
     repeat_cache_rows,
     stop_token_ids,
 )
+from steerlight.model.growing import grow_in_place
 from steerlight.steering.dac_strength import clip_alpha, dac_kl
 from steerlight.steering.hooks import POSITIONS, Positions, Strength, steer_with
 
@@ -180,6 +181,7 @@ class _Stream:
         self.steps = torch.zeros(ids.shape[1], dtype=torch.long, device=table.device)
         self.cache: Any = None
         self.cached = 0
+        self.grow = False  # the cache's layers written in place (`grow_in_place`)
 
     def feed(self, ids: Tensor, mask: Tensor, alpha: Tensor, step: int) -> Tensor:
         """Append the chunk `ids` (R, T) steered at `alpha` (R,) with step `step`'s vector;
@@ -196,6 +198,8 @@ class _Stream:
             self.ids, self.mask, self.cache, self.ids.shape[1] - start
         )
         self.cached = self.ids.shape[1] if self.cache is not None else 0
+        if self.grow and self.cache is not None:
+            grow_in_place(self.cache)
         return logits
 
     def repeated(self, times: int) -> _Stream:
@@ -204,7 +208,7 @@ class _Stream:
         twin = _Stream(
             self.forward, self.strength, self.columns, self.table, self.ids[rows], self.mask[rows]
         )
-        twin.alphas, twin.steps = self.alphas[rows], self.steps
+        twin.alphas, twin.steps, twin.grow = self.alphas[rows], self.steps, self.grow
         cache = None if self.cache is None else repeat_cache_rows(self.cache, rows)
         if cache is not None:  # else its first forward recomputes every column it holds
             twin.cache, twin.cached = cache, self.cached
@@ -313,6 +317,7 @@ def dac_generate(
         forward = ChunkForward(model, padded=not bool(attention_mask.all()))
         empty = (input_ids[:, :0], attention_mask[:, :0])
         applied = _Stream(forward, strength, steering.columns, vectors, *empty)
+        applied.grow = settings.cache_in_place
         fed, fed_mask = input_ids, attention_mask
         if positions != "all" and prompt_len > 1:  # unsteered columns: shared by the streams
             applied.feed(input_ids[:, :-1], attention_mask[:, :-1], pq_alpha.new_zeros(batch), 0)

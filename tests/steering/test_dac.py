@@ -412,3 +412,34 @@ def test_icl_step_vectors_shape_and_hand_check(tiny_random_model, tiny_random_to
         icl_step_vectors(model, tok, icl, zero, conts, 0, T=n_cont[0] + 1)
     with pytest.raises(ValueError, match="as many"):
         icl_step_vectors(model, tok, icl, zero[:1], conts, 0, T)
+
+
+def test_dac_streams_write_their_caches_in_place(tiny_random_model, tiny_random_tokenizer, batch):
+    """`cache_in_place` gives DAC's three streams `GrowingLayer`s and changes no token or
+    strength (the naive reference above is met with it on, the default)."""
+    from transformers.cache_utils import DynamicLayer
+
+    from steerlight.model.generation import CACHE_NAMES
+    from steerlight.model.growing import GrowingLayer
+
+    model, (ids, mask) = tiny_random_model("llama"), batch
+    kinds = set()
+    handle = model.register_forward_pre_hook(
+        lambda m, a, kw: kinds.update(
+            type(layer) for n in CACHE_NAMES if kw.get(n) is not None for layer in kw[n].layers
+        ),
+        with_kwargs=True,
+    )
+    runs = {}
+    try:
+        for in_place in (False, True):
+            kinds.clear()
+            settings = GenerationSettings(max_new_tokens=6, cache_in_place=in_place)
+            got = dac_generate(model, tiny_random_tokenizer, ids, mask, LAYER, _vector(1, 8.0),
+                               settings, alpha_max=2.0)  # fmt: skip
+            runs[in_place] = got
+            assert kinds == {GrowingLayer if in_place else DynamicLayer}
+    finally:
+        handle.remove()
+    assert torch.equal(runs[True].tokens, runs[False].tokens)
+    torch.testing.assert_close(runs[True].alphas, runs[False].alphas, equal_nan=True)
