@@ -19,8 +19,6 @@ seconds per prefix token). The figure (two panels) goes beside ``--out`` as
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from typing import Any
 import torch
 from bench_models import random_llama
 from common import Result, median, timed_rounds
-from growth import line_fit
+from growth import figure_path, line_fit
 
 PATHS = {
     "plain": {"prefix_reuse": False, "cache_in_place": False},
@@ -110,7 +108,7 @@ def bench_curves(args: argparse.Namespace, device: torch.device) -> Result:
     same = all(pt["tokens_identical"] for points in sweeps.values() for pt in points.values())
     top = sweeps["prefix"][longest]["seconds"]
     ratio = top["plain"] / top["fast"]
-    path = figure_path(args.out)
+    path = figure_path(args.out, "curves")
     draw(sweeps, fits, f"{longest}-token prefix, {at} questions", path)
     per_q = fits["questions"]
     return Result(
@@ -145,16 +143,6 @@ def bench_curves(args: argparse.Namespace, device: torch.device) -> Result:
 def _kept(point: dict[str, Any]) -> dict[str, Any]:
     """A point as the report keeps it: its medians and whether the paths agreed."""
     return {"seconds": point["seconds"], "tokens_identical": point["tokens_identical"]}
-
-
-def figure_path(out: Path | None) -> Path:
-    """``<stem>.curves.png`` beside ``--out``; without one, a fresh temporary file."""
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return out.with_suffix(".curves.png")
-    fd, name = tempfile.mkstemp(prefix="bench-curves-", suffix=".png")
-    os.close(fd)
-    return Path(name)
 
 
 def draw(sweeps: dict, fits: dict, subtitle: str, path: Path) -> None:

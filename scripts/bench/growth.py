@@ -501,12 +501,12 @@ def _mib(x: float) -> str:
     return f"{x:.0f} MiB" if abs(x) >= 10 else f"{x:.2f} MiB"
 
 
-def figure_path(out: Path | None) -> Path:
-    """``<stem>.growth.png`` beside ``--out``; without one, a fresh temporary file."""
+def figure_path(out: Path | None, part: str = "growth") -> Path:
+    """``<stem>.<part>.png`` beside ``--out``; without one, a fresh temporary file."""
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return out.with_suffix(".growth.png")
-    fd, name = tempfile.mkstemp(prefix="bench-growth-", suffix=".png")
+        return out.with_suffix(f".{part}.png")
+    fd, name = tempfile.mkstemp(prefix=f"bench-{part}-", suffix=".png")
     os.close(fd)
     return Path(name)
 
