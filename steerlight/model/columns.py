@@ -42,8 +42,9 @@ from steerlight.model.generation import CACHE_NAMES, output_cache
 class Chunk(NamedTuple):
     """The columns of the forward in flight."""
 
-    start: int
-    """The first absolute column."""
+    start: int | Tensor
+    """The first absolute column (a 0-dim tensor in a compiled decode step, whose graph must
+    not hold it as a constant: `steerlight.model.compiled`)."""
     length: int
     """T: the positions fed."""
     valid: Tensor | None

@@ -7,9 +7,8 @@ default leaks into an experiment and Transformers prints no "both max_new_tokens
 max_length" style warnings. Steering hooks (`steerlight.steering.hooks.steer`) work unchanged
 inside it.
 
-The KV cache is Transformers' default one: a hand-made in-place cache and Transformers' static
-cache were timed against it (``python scripts/bench --parts cache``) and neither won clearly on
-both bench models, so the simplest stays.
+``generate`` keeps Transformers' default KV cache; the row-refill loop's faster ones are
+`steerlight.model.growing` (in place) and `steerlight.model.compiled` (static, compiled).
 
 For decoding loops of their own (DAC), `ChunkForward` runs a forward with exactly the inputs
 ``generate`` would pass and learns whether the model keeps a cache at all, and
@@ -37,9 +36,25 @@ import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteriaList
 
-from steerlight.model.stops import PatternStop, Stop, StopMatcher, cut_at_stop
+from steerlight.model.stops import (
+    PatternStop,
+    Stop,
+    StopMatcher,
+    cut_at_stop,
+    end_of_turn_id,
+    pad_token_id,
+    stop_token_ids,
+)
 
-__all__ = ["PatternStop", "Stop", "StopMatcher", "cut_at_stop"]  # (stops.py; imported from here)
+__all__ = [  # (stops.py; imported from here)
+    "PatternStop",
+    "Stop",
+    "StopMatcher",
+    "cut_at_stop",
+    "end_of_turn_id",
+    "pad_token_id",
+    "stop_token_ids",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +86,10 @@ class GenerationSettings:
     """Write each step's keys and values into spare room of the KV cache's buffers instead of
     copying the whole cache per step as Transformers' dynamic cache does: the same tokens, a
     faster decode (`steerlight.model.growing`; greedy row-refill decoding)."""
+    compile: bool = False
+    """Decode greedily with one ``torch.compile``'d step on a static KV cache, steering in the
+    graph (`steerlight.model.compiled`; for GPUs, where eager decode is launch-bound). Tokens
+    equal the plain path's in the tests, but logits may differ in the last bits: not speed-only."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -143,50 +162,23 @@ def in_batches(
     return cat_generations(parts, pad_id)
 
 
-def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The tokenizer's EOS, the EOS ids the model's generation config lists (<|eot_id|>...) and
-    the chat template's end-of-turn token (`end_of_turn_id`)."""
-    ids: list[int] = []
-    candidates = [tokenizer.eos_token_id]
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    candidates += gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]
-    candidates.append(end_of_turn_id(tokenizer))
-    for i in candidates:
-        if i is not None and int(i) not in ids:
-            ids.append(int(i))
-    return ids
-
-
-def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
-    """The special token the tokenizer's chat template closes an assistant turn with
-    (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``), or None (no template, or plain text
-    after the turn). Read once per tokenizer from a rendered two-turn conversation."""
-    template = getattr(tokenizer, "chat_template", None)
-    known = getattr(tokenizer, "_steerlight_end_of_turn", None)
-    if known is not None and known[0] == template:
-        return known[1]
-    found = None
-    if template:
-        mark = "Steerlight end-of-turn probe."
-        chat = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": mark}]
-        try:
-            text = tokenizer.apply_chat_template(chat, tokenize=False)
-        except Exception as err:  # a template's own refusal (jinja raise_exception, roles)
-            log.debug("chat template gives no end-of-turn token: %s", err)
-            text = ""
-        after = text.rpartition(mark)[2] if mark in text else ""
-        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
-        if ids and ids[0] in set(tokenizer.all_special_ids):
-            found = int(ids[0])
-    tokenizer._steerlight_end_of_turn = (template, found)
-    return found
-
-
-def pad_token_id(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id finished rows are filled with: the tokenizer's pad, else the first EOS id (as
-    ``generate`` does)."""
-    pad = tokenizer.pad_token_id
-    return int(pad) if pad is not None else stop_token_ids(model, tokenizer)[0]
+def collect(
+    rows: Sequence[list[int]],
+    pad_id: int,
+    tokenizer: PreTrainedTokenizerBase,
+    stop_strings: Sequence[Stop],
+    device: torch.device,
+) -> Generation:
+    """The `Generation` of each row's new token ids, padded like `generate`'s (the pad id
+    after a row ends) and decoded, each text cut at its first stop."""
+    width = max(len(row) for row in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    if stop_strings:
+        texts = [cut_at_stop(t, stop_strings) for t in texts]
+    return Generation(tokens=tokens, texts=texts)
 
 
 def check_left_padded(input_ids: Tensor, attention_mask: Tensor) -> None:
@@ -299,9 +291,10 @@ class ChunkForward:
     column each time (`cacheless`), which is said once in the log.
     """
 
-    def __init__(self, model: nn.Module, padded: bool) -> None:
+    def __init__(self, model: nn.Module, padded: bool, call: Callable | None = None) -> None:
         params = inspect.signature(model.forward).parameters
         self.model = model
+        self.call = model if call is None else call  # (a compiled forward: `compiled`)
         self.padded = padded
         self.position_ids = "position_ids" in params
         self.logits_to_keep = "logits_to_keep" in params
@@ -324,9 +317,7 @@ class ChunkForward:
             kwargs["position_ids"] = position_ids_from_mask(mask)
         if self.logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        out = self.model(
-            **self.model.prepare_inputs_for_generation(ids, **kwargs), return_dict=True
-        )
+        out = self.call(**self.model.prepare_inputs_for_generation(ids, **kwargs), return_dict=True)
         cache = None if self.cacheless else output_cache(out)
         if cache is None and not self.cacheless:
             self.cacheless = True

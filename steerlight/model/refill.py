@@ -30,13 +30,14 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from steerlight.model.columns import Columns
+from steerlight.model.compiled import compiled_generate
 from steerlight.model.generation import (
     ChunkForward,
     Generation,
     GenerationSettings,
     StopMatcher,
     check_left_padded,
-    cut_at_stop,
+    collect,
     generate,
     in_batches,
     pad_token_id,
@@ -154,6 +155,11 @@ def refill_generate(
     """
     settings = settings or GenerationSettings()
     check_left_padded(input_ids, attention_mask)
+    if settings.compile:
+        args = (input_ids, attention_mask, settings, stop_strings, slots, columns, on_finish)
+        compiled = compiled_generate(model, tokenizer, *args, fixed_rows=fixed_rows)
+        if compiled is not None:
+            return compiled
     forward = ChunkForward(model, padded=True)
     if (
         settings.do_sample
@@ -200,7 +206,8 @@ def refill_generate(
             _keep_rows(active, cache, keep)
             if keep:
                 _trim_pads(active, cache, columns)
-    return _collect(done, len(prompts), pad_id, tokenizer, stop_strings, input_ids.device)
+    rows = [done[i] for i in range(len(prompts))]
+    return collect(rows, pad_id, tokenizer, stop_strings, input_ids.device)
 
 
 def _fallback(
@@ -339,22 +346,3 @@ def _trim_pads(active: _Active, cache: Any, columns: Columns | None) -> None:
     active.prompt_len = active.prompt_len - pads
     if columns is not None:  # for forwards without a mask (Mamba): the cache's columns
         columns.track(cache, active.ids.shape[1] - 1)
-
-
-def _collect(
-    done: dict[int, list[int]],
-    n: int,
-    pad_id: int,
-    tokenizer: PreTrainedTokenizerBase,
-    stop_strings: Sequence[str],
-    device: torch.device,
-) -> Generation:
-    """The `Generation` of rows 0..n-1, padded like `generate`'s (pad id after a row ends)."""
-    width = max(len(done[i]) for i in range(n))
-    tokens = torch.full((n, width), pad_id, dtype=torch.long, device=device)
-    for i in range(n):
-        tokens[i, : len(done[i])] = torch.tensor(done[i], dtype=torch.long)
-    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-    if stop_strings:
-        texts = [cut_at_stop(t, stop_strings) for t in texts]
-    return Generation(tokens=tokens, texts=texts)

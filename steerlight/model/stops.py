@@ -8,16 +8,19 @@ the match without its last newline: the matched line is part of the answer.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase, StoppingCriteria
 
 Stop = str | re.Pattern[str]
 """A stop string, or a pattern whose match ends a row."""
+
+log = logging.getLogger(__name__)
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[Stop]) -> str:
@@ -89,3 +92,49 @@ class PatternStop(StoppingCriteria):
     def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
         rows = input_ids[:, self.width :].tolist()
         return torch.tensor([self.matcher(r) for r in rows], device=input_ids.device)
+
+
+def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's EOS, the EOS ids the model's generation config lists (<|eot_id|>...) and
+    the chat template's end-of-turn token (`end_of_turn_id`)."""
+    ids: list[int] = []
+    candidates = [tokenizer.eos_token_id]
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    candidates += gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]
+    candidates.append(end_of_turn_id(tokenizer))
+    for i in candidates:
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the tokenizer's chat template closes an assistant turn with
+    (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``), or None (no template, or plain text
+    after the turn). Read once per tokenizer from a rendered two-turn conversation."""
+    template = getattr(tokenizer, "chat_template", None)
+    known = getattr(tokenizer, "_steerlight_end_of_turn", None)
+    if known is not None and known[0] == template:
+        return known[1]
+    found = None
+    if template:
+        mark = "Steerlight end-of-turn probe."
+        chat = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": mark}]
+        try:
+            text = tokenizer.apply_chat_template(chat, tokenize=False)
+        except Exception as err:  # a template's own refusal (jinja raise_exception, roles)
+            log.debug("chat template gives no end-of-turn token: %s", err)
+            text = ""
+        after = text.rpartition(mark)[2] if mark in text else ""
+        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+        if ids and ids[0] in set(tokenizer.all_special_ids):
+            found = int(ids[0])
+    tokenizer._steerlight_end_of_turn = (template, found)
+    return found
+
+
+def pad_token_id(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id finished rows are filled with: the tokenizer's pad, else the first EOS id (as
+    ``generate`` does)."""
+    pad = tokenizer.pad_token_id
+    return int(pad) if pad is not None else stop_token_ids(model, tokenizer)[0]

@@ -72,6 +72,8 @@ prompt, read position by position along a continuation (`steerlight.steering.icl
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,6 +102,13 @@ from steerlight.steering.dac_strength import clip_alpha, dac_kl
 from steerlight.steering.hooks import POSITIONS, Positions, Strength, steer_with
 
 DACVectors = Literal["caa", "icl"]
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _say_not_compiled() -> None:
+    log.info("DAC decodes its own three streams eagerly: model.generation.compile does not apply")
 
 
 @dataclass
@@ -318,6 +327,8 @@ def dac_generate(
         empty = (input_ids[:, :0], attention_mask[:, :0])
         applied = _Stream(forward, strength, steering.columns, vectors, *empty)
         applied.grow = settings.cache_in_place
+        if settings.compile:
+            _say_not_compiled()
         fed, fed_mask = input_ids, attention_mask
         if positions != "all" and prompt_len > 1:  # unsteered columns: shared by the streams
             applied.feed(input_ids[:, :-1], attention_mask[:, :-1], pq_alpha.new_zeros(batch), 0)

@@ -9,7 +9,9 @@ sequence, so the same rule holds on the full prompt pass and on every single-tok
 
 Pad positions (attention mask 0) are never steered.
 
-`steer` registers one forward hook on the layer. At every forward it asks the model's
+`steer` adds one edit to the layer's forward hook (`steerlight.model.layer_hooks.LayerHooks`,
+one object per layer for the model's lifetime, so that a compiled decode step traces the same
+hook whatever steers). At every forward it asks the model's
 `steerlight.model.columns.Columns` (which finds the columns of each forward and holds the
 prompt widths) for the chunk in flight and adds ``alpha * v * position_mask`` to the layer's
 output hidden states (a tensor, or element 0 of a tuple), which must be (batch, T, hidden): a
@@ -29,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from steerlight.model.columns import Chunk, Columns
+from steerlight.model.layer_hooks import LayerHooks
 from steerlight.model.layers import (
     decoder_layers,
     layer_hidden_states,
@@ -176,10 +179,11 @@ class Steering:
                 "steer(), so the token positions are unknown; call that model (or model.generate)"
             )
         h = layer_hidden_states(output, self.model_type, self.layer, chunk.length)
-        first = self.first_column
-        earliest = int(first.min()) if isinstance(first, Tensor) else first
-        if chunk.start + chunk.length <= earliest or self._alpha_is_zero():
-            return None  # nothing steered in this chunk: leave the output untouched (bit-exact)
+        if not isinstance(chunk.start, Tensor):  # (a tensor: a compiled step, no data branch)
+            first = self.first_column
+            earliest = int(first.min()) if isinstance(first, Tensor) else first
+            if chunk.start + chunk.length <= earliest or self._alpha_is_zero():
+                return None  # nothing steered in this chunk: the output untouched (bit-exact)
         steered = self._apply(h, self._scale(h, chunk), self._vector_for(h, chunk.length))
         if isinstance(output, Tensor):
             return steered
@@ -215,10 +219,10 @@ class Steering:
         if isinstance(first, Tensor):  # per row: (B, T)
             if first.shape[0] != h.shape[0]:
                 raise ValueError(f"{first.shape[0]} prompt widths for a batch of {h.shape[0]} rows")
-            cols = torch.arange(start, start + t, device=h.device) >= first.to(h.device)[:, None]
+            cols = start + torch.arange(t, device=h.device) >= first.to(h.device)[:, None]
             scale = scale * cols.to(h.dtype)
-        elif start < first:  # the chunk straddles the first steered column (a prompt pass)
-            cols = torch.arange(start, start + t, device=h.device) >= first
+        elif isinstance(start, Tensor) or start < first:  # the chunk straddles the first column
+            cols = start + torch.arange(t, device=h.device) >= first
             scale = scale * cols.to(h.dtype)
         if valid is not None:
             scale = scale * valid.to(device=h.device, dtype=h.dtype)  # pads are never steered
@@ -293,7 +297,5 @@ def steer_with(
             columns.prompt_len = prompt_len
         cls = Projection if project else Steering
         steering = cls(index, strength, columns, positions, model_type(model))
-        block = decoder_layers(model)[index]
-        handle = block.register_forward_hook(steering.hook, prepend=True)
-        stack.callback(handle.remove)
+        stack.enter_context(LayerHooks.of(decoder_layers(model)[index]).add(steering.hook))
         yield steering

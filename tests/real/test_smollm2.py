@@ -184,3 +184,32 @@ def test_the_fast_paths_give_the_plain_tokens_on_few_shot_prompts(smollm2, gsm8k
     assert torch.equal(got.tokens, want.tokens) and got.texts == want.texts
     (used,) = [c for c in made if c.prefilled_tokens]
     assert used.prefilled_tokens > 300 and used.reused_tokens == 3 * used.prefilled_tokens
+
+
+def test_the_compiled_decode_gives_the_plain_tokens_on_the_real_model(smollm2, batch, vector):
+    """SmolLM2's chat prompts, steered at two strengths (two trials) and not at all: the
+    compiled step on a static cache gives the plain path's tokens, and the second strength
+    compiles nothing new."""
+    from torch._dynamo.testing import CompileCounter
+
+    from steerlight.model.compiled import compiled_generate
+
+    model, tok = smollm2
+    ids, mask = batch
+    compiled = GenerationSettings(max_new_tokens=8, compile=True)
+    counter = CompileCounter()
+    frames = []
+    for alpha in (0.5, -0.5, None):
+        if alpha is None:
+            want = refill_generate(model, tok, ids, mask, SETTINGS)
+            got = compiled_generate(model, tok, ids, mask, compiled, backend=counter)
+        else:
+            with steer(model, LAYER, vector, alpha, prompt_len=ids.shape[1]) as s:
+                want = refill_generate(model, tok, ids, mask, SETTINGS, (), None, s.columns)
+            with steer(model, LAYER, vector, alpha, prompt_len=ids.shape[1]) as s:
+                got = compiled_generate(
+                    model, tok, ids, mask, compiled, (), None, s.columns, backend=counter
+                )
+        assert torch.equal(got.tokens, want.tokens), alpha
+        frames.append(counter.frame_count)
+    assert frames[0] > 0 and frames[1] == frames[0] and frames[2] > frames[1]
