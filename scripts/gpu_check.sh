@@ -48,7 +48,10 @@ for p in "${@:-decode rehearsal real}"; do
             --out "$out/rehearsal.json" ;;
         real) part real 150 "$py" scripts/real_baselines.py --device cuda --dtype bfloat16 \
             --model "$smollm2" --data "$gsm8k" --n 200 --out "$out/baselines.json" ;;
-        *) echo "unknown part $name: choose from decode rehearsal real" >&2 && exit 2 ;;
+        compiled) part compiled 150 "$py" scripts/compiled_decode.py --device cuda \
+            --model "$smollm2" --gsm8k-dir "$gsm8k" --questions 64 --new-tokens 128 \
+            --out "$out/compiled.json" ;;  # (opt-in: name it; the default three fit the budget)
+        *) echo "unknown part $name: choose from decode rehearsal real compiled" >&2 && exit 2 ;;
         esac
     done
 done
