@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -96,16 +95,16 @@ class _Compiled:
         return self.cache
 
 
-_COMPILED: weakref.WeakKeyDictionary[nn.Module, _Compiled] = weakref.WeakKeyDictionary()
 _SAID: set[tuple[str, str]] = set()
 
 
 def compiled_for(model: nn.Module, backend: str | Callable | None = None) -> _Compiled:
     """The model's `_Compiled` for `backend` (default `BACKEND`), made on first use."""
     backend = BACKEND if backend is None else backend
-    compiled = _COMPILED.get(model)
+    compiled = getattr(model, "_steerlight_compiled", None)
     if compiled is None or compiled.backend is not backend:
-        compiled = _COMPILED[model] = _Compiled(model, backend)
+        # (kept on the model: a cycle the collector frees with it, not a table that pins it)
+        compiled = model._steerlight_compiled = _Compiled(model, backend)
     return compiled
 
 
